@@ -1,0 +1,163 @@
+//! The custom resources of `tally.dev/v1alpha1`: types, defaults and validation only.
+//!
+//! Cross-field rules are CEL (`x-kubernetes-validations`) so the API server rejects a
+//! bad resource at `kubectl apply`; the compiler checks the same invariants again for
+//! `tally run`, which has no API server.
+
+mod dimension_table;
+mod duration;
+mod exposure_table;
+mod fact_table;
+mod metric;
+mod metric_calculation;
+mod results;
+mod scheduled_metric_calculation;
+mod warehouse;
+
+use kube::CustomResourceExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use dimension_table::*;
+pub use duration::*;
+pub use exposure_table::*;
+pub use fact_table::*;
+pub use metric::*;
+pub use metric_calculation::*;
+pub use results::*;
+pub use scheduled_metric_calculation::*;
+pub use warehouse::*;
+
+pub const GROUP: &str = "tally.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const API_VERSION: &str = "tally.dev/v1alpha1";
+
+/// Annotation that cancels a calculation or a schedule.
+pub const CANCEL_ANNOTATION: &str = "tally.dev/cancel";
+/// Annotation that resumes a cancelled schedule.
+pub const RESUME_ANNOTATION: &str = "tally.dev/resume";
+
+/// Every CRD Tally serves, in a stable order (the file names of `crds/`).
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Warehouse::crd(),
+        ExposureTable::crd(),
+        FactTable::crd(),
+        DimensionTable::crd(),
+        Metric::crd(),
+        MetricCalculation::crd(),
+        ScheduledMetricCalculation::crd(),
+    ]
+}
+
+/// Where a table's rows come from: exactly one of `table`, `sql` or `files`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "(has(self.table) ? 1 : 0) + (has(self.sql) ? 1 : 0) + (has(self.files) ? 1 : 0) == 1"
+).message("exactly one of source.table, source.sql or source.files must be set"))]
+pub struct TableSource {
+    /// A table or view in the warehouse, optionally schema-qualified (`analytics.purchases`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// A SQL query whose result is the table; it is used as a sub-query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+    /// DuckDB only: a file path or glob (CSV, gzip CSV or Parquet). A relative path is
+    /// resolved against the directory of the manifest (`tally run`) or the worker's
+    /// working directory (in a Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+}
+
+/// How Tally knows how far a table's data is complete.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Data counts as delivered until now minus this lag, for tables loaded
+    /// continuously. Without it, `status.dataDeliveredUntil` (written by the loading
+    /// pipeline) is the mark; a table with neither counts as fully delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_lag: Option<Duration>,
+}
+
+/// Status shared by the table kinds: how far their data is delivered.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableStatus {
+    /// Rows with timestamps before this time are complete. Written by the pipeline
+    /// that loads the table (`kubectl patch --subresource=status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_delivered_until: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// A named column usable as a split dimension.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DimensionColumn {
+    pub name: String,
+    /// The column; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+}
+
+impl DimensionColumn {
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Why a name from a resource cannot be used as a SQL identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{value:?} is not a valid column or table name: use letters, digits and underscores, \
+     starting with a letter or underscore (a table may be qualified as schema.table)"
+)]
+pub struct IdentifierError {
+    pub value: String,
+}
+
+/// Checks a column name. Quoting would make any name safe, but names such as
+/// `amount; DROP TABLE x` are always a mistake, so they are rejected with a clear error.
+pub fn validate_column(value: &str) -> Result<(), IdentifierError> {
+    let mut chars = value.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && value.len() <= 128;
+    if valid {
+        Ok(())
+    } else {
+        Err(IdentifierError {
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Checks a possibly qualified table name (`table`, `schema.table`, `db.schema.table`).
+pub fn validate_table_name(value: &str) -> Result<(), IdentifierError> {
+    let parts: Vec<&str> = value.split('.').collect();
+    if parts.len() > 3 || parts.iter().any(|part| validate_column(part).is_err()) {
+        return Err(IdentifierError {
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(validate_column("amount").is_ok());
+        assert!(validate_column("_x1").is_ok());
+        for bad in ["", "1a", "amount; DROP TABLE x", "a b", "a\"b", "a.b"] {
+            assert!(validate_column(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_table_name("analytics.purchases").is_ok());
+        assert!(validate_table_name("a.b.c.d").is_err());
+        assert!(validate_table_name("x;--").is_err());
+    }
+}

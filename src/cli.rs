@@ -1,0 +1,297 @@
+//! What the subcommands that need no cluster do: `run`, `sql`, `crds`.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::{self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults};
+use crate::engine::{self, EngineError};
+use crate::manifest::{self, ManifestError};
+use crate::plan::{self, CalculationPlan, Catalog, PlanError, RowError};
+use crate::result::{calculation_result, completed_status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: {error}")]
+    Plan { path: String, error: PlanError },
+    #[error("{calculation}: {error}")]
+    Engine {
+        calculation: String,
+        error: EngineError,
+    },
+    #[error("{calculation}: reading the result: {error}")]
+    Rows { calculation: String, error: RowError },
+    #[error("no MetricCalculation found in {0}")]
+    NothingToRun(String),
+    #[error("could not write {path}: {message}")]
+    Write { path: String, message: String },
+}
+
+/// Loads manifests and compiles every MetricCalculation in them; nothing runs yet, so
+/// bad input fails before any output.
+pub fn compile_all(paths: &[PathBuf]) -> Result<Vec<(MetricCalculation, CalculationPlan)>, CliError> {
+    let manifests = manifest::load(paths)?;
+    if manifests.calculations.is_empty() {
+        let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(CliError::NothingToRun(shown.join(", ")));
+    }
+    let empty = Catalog::default();
+    manifests
+        .calculations
+        .iter()
+        .map(|(path, calculation)| {
+            let namespace = calculation.namespace().unwrap_or_else(|| "default".into());
+            let catalog = manifests.catalog(&namespace).unwrap_or(&empty);
+            let resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
+                path: path.display().to_string(),
+                error,
+            })?;
+            Ok((calculation.clone(), plan::compile(&resolved)))
+        })
+        .collect()
+}
+
+/// Runs one plan in-process and returns the status the controller would write.
+pub fn run_plan(plan: &CalculationPlan) -> Result<MetricCalculationStatus, CliError> {
+    let started = Timestamp::now();
+    let query = engine::run(plan, |_| {}).map_err(|error| CliError::Engine {
+        calculation: plan.calculation.clone(),
+        error,
+    })?;
+    let result = calculation_result(plan, &query).map_err(|error| CliError::Rows {
+        calculation: plan.calculation.clone(),
+        error,
+    })?;
+    Ok(completed_status(plan, result, started, Timestamp::now()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+/// `tally run`: every calculation, output only once all have succeeded.
+pub fn run(paths: &[PathBuf], format: OutputFormat) -> Result<String, CliError> {
+    let plans = compile_all(paths)?;
+    let mut outputs = Vec::new();
+    for (calculation, plan) in &plans {
+        let status = run_plan(plan)?;
+        outputs.push((calculation, status));
+    }
+    Ok(match format {
+        OutputFormat::Table => outputs
+            .iter()
+            .map(|(calculation, status)| render_table(calculation, status))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        OutputFormat::Yaml => outputs
+            .iter()
+            .map(|(calculation, status)| {
+                format!(
+                    "---\n{}",
+                    serde_yaml::to_string(&with_status(calculation, status)).unwrap_or_default()
+                )
+            })
+            .collect(),
+        OutputFormat::Json => {
+            let items: Vec<MetricCalculation> = outputs
+                .iter()
+                .map(|(calculation, status)| with_status(calculation, status))
+                .collect();
+            let mut text = serde_json::to_string_pretty(&items).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+    })
+}
+
+fn with_status(calculation: &MetricCalculation, status: &MetricCalculationStatus) -> MetricCalculation {
+    let mut out = calculation.clone();
+    out.status = Some(status.clone());
+    out
+}
+
+/// `tally sql`: the SQL of every calculation.
+pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
+    let mut out = String::new();
+    for (calculation, plan) in compile_all(paths)? {
+        let _ = writeln!(out, "-- MetricCalculation {}\n{};\n", calculation.name_any(), plan.sql.trim_end());
+    }
+    Ok(out)
+}
+
+/// `tally crds`: every CRD as YAML, or one file per kind into a directory.
+pub fn crds(output_dir: Option<&PathBuf>) -> Result<String, CliError> {
+    let mut all = String::new();
+    for crd in api::crds() {
+        let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
+        match output_dir {
+            Some(dir) => {
+                let file = dir.join(format!("{}.yaml", crd.spec.names.singular.clone().unwrap_or_default()));
+                std::fs::write(&file, &yaml).map_err(|e| CliError::Write {
+                    path: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            None => {
+                let _ = write!(all, "---\n{yaml}");
+            }
+        }
+    }
+    Ok(all)
+}
+
+fn number(value: f64) -> String {
+    if value == 0.0 || (value.abs() >= 0.001 && value.abs() < 1e7) {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.4e}")
+    }
+}
+
+fn signed(value: f64) -> String {
+    let text = number(value);
+    if value >= 0.0 { format!("+{text}") } else { text }
+}
+
+fn effect_text(effect: &Effect) -> String {
+    match (effect.ci_lower, effect.ci_upper) {
+        (Some(lower), Some(upper)) => format!(
+            "{} [{}, {}]",
+            signed(effect.difference),
+            signed(lower),
+            signed(upper)
+        ),
+        _ => signed(effect.difference),
+    }
+}
+
+fn p_value_text(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 0.0001 => "<0.0001".into(),
+        Some(p) => format!("{p:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// The value shown per variant: the mean of an average, the ratio of sums of a ratio.
+fn headline(results: &MetricResults, variant: &str) -> Option<f64> {
+    let stats = &results
+        .metric_bucket_stats
+        .iter()
+        .find(|b| b.variant == variant && b.dimensions.is_empty())?
+        .summary_stats;
+    if let Some(a) = &stats.average_summary_stats {
+        return a.mean;
+    }
+    stats
+        .ratio_summary_stats
+        .as_ref()
+        .map(|r| r.numerator_sum / r.denominator_sum)
+        .filter(|v| v.is_finite())
+}
+
+/// A readable summary of one calculation.
+pub fn render_table(calculation: &MetricCalculation, status: &MetricCalculationStatus) -> String {
+    let mut out = String::new();
+    let spec = &calculation.spec.calculation;
+    let _ = writeln!(
+        out,
+        "MetricCalculation {}/{} — metric {}",
+        calculation.namespace().unwrap_or_default(),
+        calculation.name_any(),
+        spec.metric
+    );
+    if let Some(times) = &status.times {
+        let _ = writeln!(
+            out,
+            "exposures {} → {}, facts {} → {}",
+            times.exposure_start_time.0,
+            times.exposure_end_time.0,
+            times.fact_start_time.0,
+            times.fact_end_time.0
+        );
+    }
+    let (Some(results), Some(analysis)) = (&status.metric_results, &status.analysis) else {
+        return out;
+    };
+    let control = spec.control();
+    let counts = analysis
+        .sample_ratio_mismatch
+        .as_ref()
+        .map(|s| s.counts.clone())
+        .unwrap_or_default();
+    let mut rows = vec![[
+        "variant".to_string(),
+        "entities".to_string(),
+        "value".to_string(),
+        "effect vs control [95% CI]".to_string(),
+        "relative".to_string(),
+        "p-value".to_string(),
+    ]];
+    for (variant, entities) in &counts {
+        let value = headline(results, variant).map(number).unwrap_or_else(|| "-".into());
+        let comparison = analysis.comparisons.iter().find(|c| &c.variant == variant);
+        let (effect, relative, p) = match comparison {
+            Some(c) => (
+                c.absolute.as_ref().map(effect_text).unwrap_or_else(|| "-".into()),
+                c.relative
+                    .as_ref()
+                    .map(|r| format!("{:+.2}%", r.difference * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                p_value_text(c.absolute.as_ref().and_then(|a| a.p_value)),
+            ),
+            None if variant == control => ("(control)".into(), String::new(), String::new()),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        rows.push([variant.clone(), entities.to_string(), value, effect, relative, p]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<width$}", width = widths[i]))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    for warning in warnings(analysis, control) {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+/// Data-quality warnings worth a reader's attention.
+pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(srm) = &analysis.sample_ratio_mismatch
+        && let Some(p) = srm.p_value
+        && p < 0.001
+    {
+        out.push(format!(
+            "sample ratio mismatch (p = {p:.2e}): the variants' entity counts differ from an equal split more than chance explains; check assignment and exposure logging before trusting the effects"
+        ));
+    }
+    if analysis.multiple_variant_entities > 0 {
+        out.push(format!(
+            "{} entities were exposed to more than one variant and are excluded",
+            analysis.multiple_variant_entities
+        ));
+    }
+    if analysis.comparisons.is_empty()
+        && analysis
+            .sample_ratio_mismatch
+            .as_ref()
+            .is_some_and(|s| !s.counts.contains_key(control))
+    {
+        out.push(format!("no entity in the control variant {control:?}: no effects computed"));
+    }
+    out
+}

@@ -1,0 +1,133 @@
+//! Embedded DuckDB.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use duckdb::{AccessMode, Config, Connection, types::ValueRef};
+
+use crate::api::DuckDbSettings;
+use crate::plan::SqlValue;
+
+use super::{EngineError, Interrupt, QueryResult};
+
+struct DuckDbInterrupt {
+    handle: Arc<duckdb::InterruptHandle>,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Interrupt for DuckDbInterrupt {
+    fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.handle.interrupt();
+    }
+}
+
+fn setting_error(setting: &'static str) -> impl Fn(duckdb::Error) -> EngineError {
+    move |e| EngineError::Setting {
+        setting,
+        message: e.to_string(),
+    }
+}
+
+fn open(settings: &DuckDbSettings) -> Result<Connection, EngineError> {
+    let mut config = Config::default();
+    if let Some(threads) = settings.threads {
+        config = config
+            .threads(i64::from(threads))
+            .map_err(setting_error("threads"))?;
+    }
+    if let Some(limit) = &settings.memory_limit {
+        config = config
+            .max_memory(limit)
+            .map_err(setting_error("memoryLimit"))?;
+    }
+    match &settings.database {
+        Some(path) => {
+            let config = config
+                .access_mode(AccessMode::ReadOnly)
+                .map_err(setting_error("database"))?;
+            Connection::open_with_flags(path, config).map_err(|e| EngineError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        }
+        None => Connection::open_in_memory_with_flags(config).map_err(|e| EngineError::Open {
+            path: ":memory:".into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn value(column: &str, v: ValueRef<'_>) -> Result<SqlValue, EngineError> {
+    let out_of_range = || EngineError::Value {
+        column: column.to_string(),
+        message: "integer out of range".into(),
+    };
+    Ok(match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Boolean(b) => SqlValue::Int(i64::from(b)),
+        ValueRef::TinyInt(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::SmallInt(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::Int(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::BigInt(i) => SqlValue::Int(i),
+        ValueRef::HugeInt(i) => SqlValue::Int(i64::try_from(i).map_err(|_| out_of_range())?),
+        ValueRef::UTinyInt(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::USmallInt(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::UInt(i) => SqlValue::Int(i64::from(i)),
+        ValueRef::UBigInt(i) => SqlValue::Int(i64::try_from(i).map_err(|_| out_of_range())?),
+        ValueRef::Float(f) => SqlValue::Float(f64::from(f)),
+        ValueRef::Double(f) => SqlValue::Float(f),
+        ValueRef::Decimal(d) => {
+            SqlValue::Float(d.to_string().parse().map_err(|_| EngineError::Value {
+                column: column.to_string(),
+                message: format!("decimal {d} is not a number"),
+            })?)
+        }
+        ValueRef::Text(bytes) => SqlValue::Text(String::from_utf8_lossy(bytes).into_owned()),
+        other => {
+            return Err(EngineError::Value {
+                column: column.to_string(),
+                message: format!("unsupported type {:?}", other.data_type()),
+            });
+        }
+    })
+}
+
+/// Runs `sql` on a fresh connection and collects every row.
+pub fn run(
+    settings: &DuckDbSettings,
+    sql: &str,
+    on_start: impl FnOnce(Box<dyn Interrupt>),
+) -> Result<QueryResult, EngineError> {
+    let connection = open(settings)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    on_start(Box::new(DuckDbInterrupt {
+        handle: connection.interrupt_handle(),
+        interrupted: interrupted.clone(),
+    }));
+    let query_error = |e: duckdb::Error| {
+        if interrupted.load(Ordering::SeqCst) {
+            EngineError::Cancelled
+        } else {
+            EngineError::Query(e.to_string())
+        }
+    };
+    let mut statement = connection.prepare(sql).map_err(query_error)?;
+    let mut rows = statement.query([]).map_err(query_error)?;
+    let columns: Vec<String> = rows
+        .as_ref()
+        .map(|s| s.column_names())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(query_error)? {
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            let v = row.get_ref(i).map_err(query_error)?;
+            values.push(value(column, v)?);
+        }
+        out.push(values);
+    }
+    Ok(QueryResult { columns, rows: out })
+}

@@ -1,0 +1,43 @@
+//! Warehouse engines: run a plan's SQL and return its rows.
+
+pub mod duckdb;
+
+use crate::plan::{CalculationPlan, SqlValue};
+use crate::api::Engine;
+
+/// The rows of a query, engine-neutral.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("could not open the DuckDB database {path:?}: {message}")]
+    Open { path: String, message: String },
+    #[error("invalid engine setting {setting}: {message}")]
+    Setting { setting: &'static str, message: String },
+    #[error("the warehouse query failed: {0}")]
+    Query(String),
+    #[error("the warehouse query was cancelled")]
+    Cancelled,
+    #[error("the warehouse returned a value Tally cannot read in column {column:?}: {message}")]
+    Value { column: String, message: String },
+}
+
+/// Lets another thread abort a running query (on SIGTERM, on cancel).
+pub trait Interrupt: Send + Sync {
+    fn interrupt(&self);
+}
+
+/// Runs the plan's SQL on its engine. `on_start` receives a handle that aborts the
+/// query, for callers that need to cancel it.
+pub fn run(
+    plan: &CalculationPlan,
+    on_start: impl FnOnce(Box<dyn Interrupt>),
+) -> Result<QueryResult, EngineError> {
+    match plan.engine.engine {
+        Engine::DuckDb => duckdb::run(&plan.engine.duckdb, &plan.sql, on_start),
+    }
+}

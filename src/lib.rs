@@ -1,0 +1,9 @@
+//! Tally: experiment metrics computed in the warehouse, summarised in Kubernetes status.
+
+pub mod api;
+pub mod cli;
+pub mod engine;
+pub mod manifest;
+pub mod plan;
+pub mod result;
+pub mod stats;

@@ -1,0 +1,65 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use tally::cli::{self, OutputFormat};
+
+/// Tally: experiment metrics on Kubernetes.
+#[derive(Parser)]
+#[command(name = "tally", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every MetricCalculation in the manifests on its warehouse (embedded DuckDB by
+    /// default) and print the results. No cluster needed.
+    Run {
+        /// Manifest files or directories (multi-document YAML).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// `table` for people; `yaml`/`json` print each calculation with the status the
+        /// controller writes.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Print the SQL every MetricCalculation in the manifests compiles to.
+    Sql {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// The SQL dialect.
+        #[arg(long, value_enum, default_value = "duckdb")]
+        dialect: Dialect,
+    },
+    /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
+    Crds {
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dialect {
+    Duckdb,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let output = match args.command {
+        Command::Run { files, output } => cli::run(&files, output),
+        Command::Sql { files, dialect: Dialect::Duckdb } => cli::sql(&files),
+        Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
+    };
+    match output {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Loading Tally resources from manifest files (`tally run`, `tally sql`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::de::DeserializeOwned;
+
+use crate::api::{
+    API_VERSION, DimensionTable, ExposureTable, FactTable, GROUP, Metric, MetricCalculation,
+    ScheduledMetricCalculation, TableSource, Warehouse,
+};
+use crate::plan::Catalog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: document {document}: invalid YAML: {message}")]
+    Yaml {
+        path: String,
+        document: usize,
+        message: String,
+    },
+    #[error("{path}: {kind}/{name}: {field}: {message}")]
+    Invalid {
+        path: String,
+        kind: String,
+        name: String,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {kind}/{name} is defined twice (also in {first})")]
+    Duplicate {
+        path: String,
+        kind: String,
+        name: String,
+        first: String,
+    },
+}
+
+/// Everything loaded, by namespace.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub catalogs: BTreeMap<String, Catalog>,
+    /// Calculations in the order they were found, with the file each came from.
+    pub calculations: Vec<(PathBuf, MetricCalculation)>,
+    pub schedules: Vec<(PathBuf, ScheduledMetricCalculation)>,
+    seen: BTreeMap<(String, String, String), String>,
+}
+
+/// Loads every `.yaml`, `.yml` and `.json` file in `paths` (directories recursively,
+/// in name order). Resources of other API groups are skipped.
+pub fn load(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files)?;
+    }
+    let mut manifests = Manifests::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| ManifestError::Read {
+            path: file.display().to_string(),
+            message: e.to_string(),
+        })?;
+        manifests.add_text(&file, &text)?;
+    }
+    Ok(manifests)
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let error = |e: std::io::Error| ManifestError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let metadata = std::fs::metadata(path).map_err(error)?;
+    if metadata.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(error)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let is_manifest = entry
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            if entry.is_dir() || is_manifest {
+                collect_files(&entry, out)?;
+            }
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Resolves a relative path against the manifest's directory.
+fn relative_to(manifest: &Path, path: &str) -> String {
+    let candidate = Path::new(path);
+    if candidate.is_absolute() {
+        return path.to_string();
+    }
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    base.join(candidate).display().to_string()
+}
+
+fn is_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+impl Manifests {
+    pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), ManifestError> {
+        let path = file.display().to_string();
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value: serde_yaml::Value =
+                serde::Deserialize::deserialize(document).map_err(|e| ManifestError::Yaml {
+                    path: path.clone(),
+                    document: index + 1,
+                    message: e.to_string(),
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            self.add_document(file, index + 1, value)?;
+        }
+        Ok(())
+    }
+
+    fn add_document(
+        &mut self,
+        file: &Path,
+        document: usize,
+        value: serde_yaml::Value,
+    ) -> Result<(), ManifestError> {
+        let path = file.display().to_string();
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string();
+        if api_version.split('/').next() != Some(GROUP) {
+            return Ok(());
+        }
+        let invalid = |field: &str, message: String| ManifestError::Invalid {
+            path: path.clone(),
+            kind: kind.clone(),
+            name: if name.is_empty() { format!("(document {document})") } else { name.clone() },
+            field: field.to_string(),
+            message,
+        };
+        if api_version != API_VERSION {
+            return Err(invalid(
+                "apiVersion",
+                format!("{api_version} is not served; use {API_VERSION}"),
+            ));
+        }
+        if name.is_empty() {
+            return Err(invalid("metadata.name", "is required".into()));
+        }
+        fn typed<T: DeserializeOwned>(
+            value: serde_yaml::Value,
+            invalid: impl Fn(&str, String) -> ManifestError,
+        ) -> Result<T, ManifestError> {
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let field = e.path().to_string();
+                invalid(&field, e.into_inner().to_string())
+            })
+        }
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("default")
+            .to_string();
+        let key = (namespace.clone(), kind.clone(), name.clone());
+        if let Some(first) = self.seen.get(&key) {
+            return Err(ManifestError::Duplicate {
+                path,
+                kind,
+                name,
+                first: first.clone(),
+            });
+        }
+        self.seen.insert(key, path.clone());
+        let catalog = self.catalogs.entry(namespace.clone()).or_default();
+        let with_namespace = |meta: &mut kube::api::ObjectMeta| {
+            meta.namespace.get_or_insert_with(|| namespace.clone());
+        };
+        let check_files = |source: &mut TableSource| -> Result<(), ManifestError> {
+            if let Some(files) = &source.files {
+                let resolved = relative_to(file, files);
+                if !is_glob(&resolved) && !Path::new(&resolved).exists() {
+                    return Err(invalid(
+                        "spec.source.files",
+                        format!("no such file: {resolved}"),
+                    ));
+                }
+                source.files = Some(resolved);
+            }
+            Ok(())
+        };
+        match kind.as_str() {
+            "Warehouse" => {
+                let mut r: Warehouse = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                if let Some(db) = r.spec.duckdb.as_mut().and_then(|d| d.database.as_mut()) {
+                    *db = relative_to(file, db);
+                    if !Path::new(db.as_str()).exists() {
+                        return Err(invalid(
+                            "spec.duckdb.database",
+                            format!("no such file: {db}"),
+                        ));
+                    }
+                }
+                catalog.add_warehouse(r);
+            }
+            "ExposureTable" => {
+                let mut r: ExposureTable = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                check_files(&mut r.spec.source)?;
+                catalog.add_exposure_table(r);
+            }
+            "FactTable" => {
+                let mut r: FactTable = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                check_files(&mut r.spec.source)?;
+                catalog.add_fact_table(r);
+            }
+            "DimensionTable" => {
+                let mut r: DimensionTable = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                check_files(&mut r.spec.source)?;
+                catalog.add_dimension_table(r);
+            }
+            "Metric" => {
+                let mut r: Metric = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                catalog.add_metric(r);
+            }
+            "MetricCalculation" => {
+                let mut r: MetricCalculation = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                self.calculations.push((file.to_path_buf(), r));
+            }
+            "ScheduledMetricCalculation" => {
+                let mut r: ScheduledMetricCalculation = typed(value, invalid)?;
+                with_namespace(&mut r.metadata);
+                self.schedules.push((file.to_path_buf(), r));
+            }
+            _ => return Err(invalid("kind", format!("{kind} is not a {GROUP} kind"))),
+        }
+        Ok(())
+    }
+
+    /// The catalog of a namespace, if anything was loaded into it.
+    pub fn catalog(&self, namespace: &str) -> Option<&Catalog> {
+        self.catalogs.get(namespace)
+    }
+}

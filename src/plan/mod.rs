@@ -1,0 +1,141 @@
+//! Metric + tables → calculation plan → SQL per dialect (pure).
+//!
+//! [`resolve`] follows a calculation's references and checks every name a resource
+//! contributes; [`compile`] turns the resolved calculation into one SQL statement that
+//! returns the additive sums of every bucket, and the [`CalculationPlan`] that carries
+//! it (with what is needed to read its rows) to an engine, in-process or in a Job.
+
+mod catalog;
+mod fragment;
+mod resolve;
+mod rows;
+mod sql;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{CalculationTimes, DuckDbSettings, Engine};
+use crate::stats::MeasureShape;
+
+pub use catalog::Catalog;
+pub use resolve::{resolve, ResolvedCalculation};
+pub use rows::{read_buckets, RowError, SqlValue};
+
+/// A resource that failed to resolve, and how to fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{referrer}: {field} refers to {kind} {name:?}, which does not exist in this namespace; create it or fix the name")]
+    MissingReference {
+        referrer: String,
+        field: String,
+        kind: &'static str,
+        name: String,
+    },
+    #[error("{resource}: {field}: {message}")]
+    InvalidField {
+        resource: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl PlanError {
+    pub(crate) fn invalid(resource: &str, field: impl Into<String>, message: impl ToString) -> Self {
+        Self::InvalidField {
+            resource: resource.to_string(),
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A short CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingReference { .. } => "MissingReference",
+            Self::InvalidField { .. } => "InvalidSpec",
+        }
+    }
+}
+
+/// Where the plan runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineSettings {
+    pub engine: Engine,
+    #[serde(default)]
+    pub duckdb: DuckDbSettings,
+}
+
+/// Everything needed to run a calculation and read its result: self-contained, so it
+/// can travel inside a Job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CalculationPlan {
+    /// `namespace/name` of the calculation, for messages.
+    pub calculation: String,
+    pub engine: EngineSettings,
+    pub sql: String,
+    pub layout: ResultLayout,
+    pub times: PlanTimes,
+    pub control: String,
+    /// The exposure groups of the calculation (empty: every observed variant).
+    pub exposure_groups: Vec<String>,
+}
+
+/// What the rows of a plan's SQL look like.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultLayout {
+    pub ratio: bool,
+    pub cuped: bool,
+    /// Split dimension names, by the index the SQL reports.
+    pub dimensions: Vec<String>,
+}
+
+impl ResultLayout {
+    pub fn shape(&self) -> MeasureShape {
+        if self.ratio {
+            MeasureShape::Ratio
+        } else {
+            MeasureShape::Average
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanTimes {
+    pub exposure_start: Timestamp,
+    pub exposure_end: Timestamp,
+    pub fact_start: Timestamp,
+    pub fact_end: Timestamp,
+}
+
+impl PlanTimes {
+    pub fn to_status(self) -> CalculationTimes {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        CalculationTimes {
+            exposure_start_time: Time(self.exposure_start),
+            exposure_end_time: Time(self.exposure_end),
+            fact_start_time: Time(self.fact_start),
+            fact_end_time: Time(self.fact_end),
+        }
+    }
+}
+
+/// Compiles a resolved calculation to its plan (DuckDB dialect).
+pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
+    CalculationPlan {
+        calculation: resolved.calculation.clone(),
+        engine: resolved.engine.clone(),
+        sql: sql::duckdb(resolved),
+        layout: ResultLayout {
+            ratio: resolved.measures.len() == 2,
+            cuped: resolved.pre_exposure_window.is_some(),
+            dimensions: resolved.dimensions.iter().map(|d| d.name.clone()).collect(),
+        },
+        times: resolved.times,
+        control: resolved.control.clone(),
+        exposure_groups: resolved.exposure_groups.clone(),
+    }
+}

@@ -1,0 +1,397 @@
+//! The SQL of a calculation: one statement returning the sums of every bucket.
+//!
+//! Shape of the statement:
+//! 1. `exposure_rows` → `exposure_entities`: first exposure, variant and the number of
+//!    distinct variants per entity (for the multiple-variant exclusion and count).
+//! 2. `exposed`: single-variant entities in the exposure groups whose window is complete.
+//! 3. per fact read: `facts_i` (filtered rows in the fact time range) joined once to
+//!    `exposed` on the entity within the union of the pre and post windows, and
+//!    aggregated per entity with `FILTER` clauses for each window (`entity_facts_i`).
+//! 4. `entity_values`: per entity, the raw and transformed (cap, missing, threshold)
+//!    values of every measure, pre and post, and its dimension values.
+//! 5. `buckets`: additive moments per variant with `GROUPING SETS` for the overall and
+//!    per-dimension buckets.
+
+use std::fmt::Write;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::api::Aggregation;
+
+use super::resolve::{DimensionFrom, Measure, ResolvedCalculation, Source};
+
+/// The dimension name of the overall bucket in the result rows.
+pub(crate) const OVERALL: i64 = -1;
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn qualified(name: &str) -> String {
+    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+}
+
+fn timestamp(t: Timestamp) -> String {
+    // DuckDB's TIMESTAMP is zone-less; every time in a plan is UTC.
+    format!("TIMESTAMP '{}'", t.strftime("%Y-%m-%d %H:%M:%S%.f"))
+}
+
+fn interval(d: SignedDuration) -> String {
+    format!("to_microseconds({}::BIGINT)", d.as_micros())
+}
+
+fn float(value: f64) -> String {
+    // `{:?}` keeps a decimal point (1.0, not 1) and round-trips exactly.
+    format!("CAST({value:?} AS DOUBLE)")
+}
+
+fn source_sql(source: &Source) -> String {
+    match source {
+        Source::Table(name) => qualified(name),
+        Source::Sql(sql) => format!("({sql})"),
+        Source::Files(glob) => {
+            let lower = glob.to_ascii_lowercase();
+            if lower.ends_with(".parquet") {
+                format!("read_parquet({})", quote_literal(glob))
+            } else {
+                format!("read_csv({}, header = true)", quote_literal(glob))
+            }
+        }
+    }
+}
+
+fn ts(column: &str) -> String {
+    format!("CAST({} AS TIMESTAMP)", quote_ident(column))
+}
+
+fn aggregate(measure: &Measure, value: &str, window: &str) -> String {
+    let f = format!("FILTER (WHERE {window})");
+    match measure.aggregation {
+        Aggregation::Sum => format!("sum({value}) {f}"),
+        Aggregation::Count => format!("count({value}) {f}"),
+        Aggregation::CountDistinct => format!("count(DISTINCT {value}) {f}"),
+        Aggregation::Mean => format!("avg({value}) {f}"),
+        Aggregation::Max => format!("max({value}) {f}"),
+        Aggregation::Min => format!("min({value}) {f}"),
+    }
+}
+
+/// Per-entity value after cap, null handling and threshold, in that order.
+fn transformed(measure: &Measure, raw: &str) -> String {
+    let mut value = raw.to_string();
+    if measure.cap_min.is_some() || measure.cap_max.is_some() {
+        let mut capped = value.clone();
+        if let Some(min) = measure.cap_min {
+            capped = format!("CASE WHEN {capped} < {m} THEN {m} ELSE {capped} END", m = float(min));
+        }
+        if let Some(max) = measure.cap_max {
+            capped = format!("CASE WHEN {capped} > {m} THEN {m} ELSE {capped} END", m = float(max));
+        }
+        value = capped;
+    }
+    if measure.replace_missing_with_zero {
+        value = format!("coalesce({value}, CAST(0 AS DOUBLE))");
+    }
+    if let Some((operator, threshold)) = measure.threshold {
+        value = format!(
+            "CASE WHEN {value} IS NULL THEN NULL WHEN {value} {} {} THEN CAST(1 AS DOUBLE) ELSE CAST(0 AS DOUBLE) END",
+            operator.sql(),
+            float(threshold)
+        );
+    }
+    value
+}
+
+/// Sums of the variables and of their pairwise products over rows where `present`.
+fn moments(out: &mut String, prefix: &str, variables: &[String], present: &str) {
+    let filter = format!("FILTER (WHERE {present})");
+    let _ = write!(out, ",\n    count(*) {filter} AS {prefix}_n");
+    for (i, v) in variables.iter().enumerate() {
+        let _ = write!(out, ",\n    sum({v}) {filter} AS {prefix}_s{i}");
+    }
+    for i in 0..variables.len() {
+        for j in i..variables.len() {
+            let _ = write!(
+                out,
+                ",\n    sum({} * {}) {filter} AS {prefix}_p{i}{j}",
+                variables[i], variables[j]
+            );
+        }
+    }
+}
+
+/// The DuckDB statement of a resolved calculation.
+pub fn duckdb(c: &ResolvedCalculation) -> String {
+    let t = &c.times;
+    let cuped = c.pre_exposure_window.is_some();
+    let mut sql = String::from("WITH\n");
+
+    // 1. Exposures.
+    let e = &c.exposure;
+    let mut dims_select = String::new();
+    let mut dims_first = String::new();
+    for (i, d) in c.dimensions.iter().enumerate() {
+        if let DimensionFrom::Exposure { column } = &d.from {
+            let _ = write!(dims_select, ",\n    CAST({} AS VARCHAR) AS dim_{i}", quote_ident(column));
+            // arg_min_null keeps a null value of the first row instead of skipping it.
+            let _ = write!(dims_first, ",\n    arg_min_null(dim_{i}, ts) AS dim_{i}");
+        }
+    }
+    let _ = write!(
+        sql,
+        "exposure_rows AS (\n  SELECT {entity} AS entity, {ts} AS ts, CAST({variant} AS VARCHAR) AS variant{dims_select}\n  FROM {source} AS exposure_source\n  WHERE {entity} IS NOT NULL AND {variant} IS NOT NULL\n    AND {ts} >= {start} AND {ts} < {end}\n),\n",
+        entity = quote_ident(&e.entity),
+        ts = ts(&e.timestamp),
+        variant = quote_ident(&e.variant),
+        source = source_sql(&e.source),
+        start = timestamp(t.exposure_start),
+        end = timestamp(t.exposure_end),
+    );
+    let _ = write!(
+        sql,
+        "exposure_entities AS (\n  SELECT entity, min(ts) AS first_exposure, min(variant) AS variant, count(DISTINCT variant) AS variant_count{dims_first}\n  FROM exposure_rows\n  GROUP BY entity\n),\n"
+    );
+
+    // 2. Kept entities.
+    let mut kept = String::from("variant_count = 1");
+    if !c.exposure_groups.is_empty() {
+        let groups: Vec<String> = c.exposure_groups.iter().map(|g| quote_literal(g)).collect();
+        let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
+    }
+    let post_start = format!("first_exposure + {}", interval(c.window_offset));
+    let post_end = match c.window_length {
+        Some(length) => {
+            let end = format!("first_exposure + {}", interval(c.window_offset + length));
+            // A closed window counts only once it is complete.
+            let _ = write!(kept, " AND {end} <= {}", timestamp(t.fact_end));
+            Some(end)
+        }
+        None => None,
+    };
+    let exposure_dims: String = c
+        .dimensions
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| matches!(d.from, DimensionFrom::Exposure { .. }))
+        .map(|(i, _)| format!(", dim_{i}"))
+        .collect();
+    let _ = write!(
+        sql,
+        "exposed AS (\n  SELECT entity, first_exposure, variant{exposure_dims}\n  FROM exposure_entities\n  WHERE {kept}\n),\n"
+    );
+
+    // 3. Facts per read, aggregated per entity over the pre and post windows.
+    let qualify = |expr: &str| expr.replace("first_exposure", "e.first_exposure");
+    let post_window = match &post_end {
+        Some(end) => format!("f.ts >= {} AND f.ts < {}", qualify(&post_start), qualify(end)),
+        None => format!("f.ts >= {}", qualify(&post_start)),
+    };
+    let pre_window = c.pre_exposure_window.map(|pre| {
+        format!(
+            "f.ts >= e.first_exposure - {} AND f.ts < e.first_exposure",
+            interval(pre)
+        )
+    });
+    let join_start = match c.pre_exposure_window {
+        Some(pre) => format!("e.first_exposure - {}", interval(pre)),
+        None => qualify(&post_start),
+    };
+    for (r, read) in c.fact_reads.iter().enumerate() {
+        let mut values = String::new();
+        let mut aggregates = String::new();
+        for (m, measure) in c.measures.iter().enumerate() {
+            if measure.read != r {
+                continue;
+            }
+            let value = match (&measure.column, measure.aggregation) {
+                (None, _) => "1".to_string(),
+                (Some(col), Aggregation::CountDistinct) => quote_ident(col),
+                (Some(col), _) => format!("CAST({} AS DOUBLE)", quote_ident(col)),
+            };
+            let _ = write!(values, ", {value} AS v{m}");
+            let mut windows = vec![("post", post_window.clone())];
+            if let Some(pre) = &pre_window {
+                windows.push(("pre", pre.clone()));
+            }
+            for (name, window) in windows {
+                let v = format!("f.v{m}");
+                let _ = write!(
+                    aggregates,
+                    ",\n    CASE WHEN count({v}) FILTER (WHERE {window}) > 0 THEN CAST({agg} AS DOUBLE) END AS {name}_raw{m}",
+                    agg = aggregate(measure, &v, &window),
+                );
+                let _ = write!(
+                    aggregates,
+                    ",\n    count(*) FILTER (WHERE {window} AND {v} IS NULL) AS {name}_null_rows{m}"
+                );
+            }
+        }
+        let filter = read
+            .filter
+            .as_ref()
+            .map(|f| format!("({f}) AND "))
+            .unwrap_or_default();
+        let _ = write!(
+            sql,
+            "facts_{r} AS (\n  SELECT {entity} AS entity, {ts} AS ts{values}\n  FROM {source} AS fact_source\n  WHERE {filter}{ts} >= {start} AND {ts} < {end}\n),\n",
+            entity = quote_ident(&read.entity),
+            ts = ts(&read.timestamp),
+            source = source_sql(&read.source),
+            start = timestamp(t.fact_start),
+            end = timestamp(t.fact_end),
+        );
+        let join_end = post_end
+            .as_deref()
+            .map(|end| format!(" AND f.ts < {}", qualify(end)))
+            .unwrap_or_default();
+        let _ = write!(
+            sql,
+            "entity_facts_{r} AS (\n  SELECT e.entity{aggregates}\n  FROM exposed AS e\n  JOIN facts_{r} AS f ON f.entity = e.entity AND f.ts >= {join_start}{join_end}\n  GROUP BY e.entity\n),\n"
+        );
+    }
+
+    // Dimension tables: the value per kept entity.
+    for (i, d) in c.dimensions.iter().enumerate() {
+        if let DimensionFrom::Table {
+            source,
+            entity,
+            column,
+            timestamp: valid_from,
+        } = &d.from
+        {
+            let value = format!("CAST(d.{} AS VARCHAR)", quote_ident(column));
+            let body = match valid_from {
+                Some(valid_from) => format!(
+                    "SELECT e.entity, arg_max_null({value}, CAST(d.{vf} AS TIMESTAMP)) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND CAST(d.{vf} AS TIMESTAMP) <= e.first_exposure\n  GROUP BY e.entity",
+                    vf = quote_ident(valid_from),
+                    src = source_sql(source),
+                    ent = quote_ident(entity),
+                ),
+                // One row per entity is expected; duplicates resolve to the largest value.
+                None => format!(
+                    "SELECT d.{ent} AS entity, max({value}) AS value\n  FROM {src} AS d\n  GROUP BY d.{ent}",
+                    ent = quote_ident(entity),
+                    src = source_sql(source),
+                ),
+            };
+            let _ = write!(sql, "dimension_{i} AS (\n  {body}\n),\n");
+        }
+    }
+
+    // 4. Per-entity values.
+    let mut columns = String::from("e.variant");
+    let mut joins = String::new();
+    for (i, d) in c.dimensions.iter().enumerate() {
+        match &d.from {
+            DimensionFrom::Exposure { .. } => {
+                let _ = write!(columns, ",\n    coalesce(e.dim_{i}, '(null)') AS dim_{i}");
+            }
+            DimensionFrom::Table { .. } => {
+                let _ = write!(columns, ",\n    coalesce(dimension_{i}.value, '(null)') AS dim_{i}");
+                let _ = write!(
+                    joins,
+                    "\n  LEFT JOIN dimension_{i} ON dimension_{i}.entity = e.entity"
+                );
+            }
+        }
+    }
+    for r in 0..c.fact_reads.len() {
+        let _ = write!(joins, "\n  LEFT JOIN entity_facts_{r} AS f{r} ON f{r}.entity = e.entity");
+    }
+    let mut phases = vec!["post"];
+    if cuped {
+        phases.push("pre");
+    }
+    for (m, measure) in c.measures.iter().enumerate() {
+        for phase in &phases {
+            let raw = format!("f{}.{phase}_raw{m}", measure.read);
+            let _ = write!(
+                columns,
+                ",\n    {raw} AS {phase}_raw{m},\n    {} AS {phase}_value{m},\n    coalesce(f{}.{phase}_null_rows{m}, 0) AS {phase}_null_rows{m}",
+                transformed(measure, &raw),
+                measure.read
+            );
+        }
+    }
+    let _ = write!(
+        sql,
+        "entity_values AS (\n  SELECT {columns}\n  FROM exposed AS e{joins}\n),\n"
+    );
+
+    // 5. Buckets.
+    let measure_indices: Vec<usize> = (0..c.measures.len()).collect();
+    let all_present = |phase: &str| {
+        measure_indices
+            .iter()
+            .map(|m| format!("{phase}_value{m} IS NOT NULL"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let any_raw_missing = |phase: &str| {
+        measure_indices
+            .iter()
+            .map(|m| format!("{phase}_raw{m} IS NULL"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let null_rows = |phase: &str| {
+        measure_indices
+            .iter()
+            .map(|m| format!("{phase}_null_rows{m}"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let post_values: Vec<String> = measure_indices.iter().map(|m| format!("post_value{m}")).collect();
+    let post_present = all_present("post");
+    let mut aggregates = format!(
+        "count(*) AS entities,\n    count(*) FILTER (WHERE {}) AS count_missing,\n    sum({}) AS count_missing_rows",
+        any_raw_missing("post"),
+        null_rows("post"),
+    );
+    moments(&mut aggregates, "post", &post_values, &post_present);
+    if cuped {
+        let _ = write!(
+            aggregates,
+            ",\n    count(*) FILTER (WHERE ({post_present}) AND ({})) AS pre_count_missing,\n    sum({}) AS pre_count_missing_rows",
+            any_raw_missing("pre"),
+            null_rows("pre"),
+        );
+        // Pre values first, then post: [x, y] or [a, b, y, d].
+        let mut variables: Vec<String> =
+            measure_indices.iter().map(|m| format!("pre_value{m}")).collect();
+        variables.extend(post_values.iter().cloned());
+        let both = format!("{post_present} AND {}", all_present("pre"));
+        moments(&mut aggregates, "pre", &variables, &both);
+    }
+    let mut grouping_sets = vec!["(variant)".to_string()];
+    let mut dimension_index = String::new();
+    let mut dimension_value = String::new();
+    if c.dimensions.is_empty() {
+        let _ = write!(dimension_index, "{OVERALL}");
+        dimension_value.push_str("CAST(NULL AS VARCHAR)");
+    } else {
+        dimension_index.push_str("CASE");
+        dimension_value.push_str("CASE");
+        for i in 0..c.dimensions.len() {
+            grouping_sets.push(format!("(variant, dim_{i})"));
+            let _ = write!(dimension_index, " WHEN grouping(dim_{i}) = 0 THEN {i}");
+            let _ = write!(dimension_value, " WHEN grouping(dim_{i}) = 0 THEN dim_{i}");
+        }
+        let _ = write!(dimension_index, " ELSE {OVERALL} END");
+        dimension_value.push_str(" END");
+    }
+    let _ = write!(
+        sql,
+        "buckets AS (\n  SELECT variant,\n    {dimension_index} AS dimension_index,\n    {dimension_value} AS dimension_value,\n    {aggregates}\n  FROM entity_values\n  GROUP BY GROUPING SETS ({})\n),\n",
+        grouping_sets.join(", ")
+    );
+    let _ = write!(
+        sql,
+        "multiple_variants AS (\n  SELECT count(*) AS multiple_variant_entities FROM exposure_entities WHERE variant_count > 1\n)\nSELECT m.multiple_variant_entities, b.*\nFROM multiple_variants AS m\nLEFT JOIN buckets AS b ON true\nORDER BY b.variant, b.dimension_index, b.dimension_value\n"
+    );
+    sql
+}

@@ -1,0 +1,278 @@
+use std::collections::BTreeMap;
+
+use crate::api::{Analysis, Comparison, Effect, SampleRatioMismatch};
+
+use super::{
+    Moments, Z_975, chi_square_survival, normal_two_sided_p,
+    summary::{BucketMoments, BucketSums, CupedSums},
+};
+
+/// What the analysis reads: the overall bucket of each variant.
+pub struct AnalysisInput<'a> {
+    pub buckets: &'a [BucketSums],
+    pub control: &'a str,
+    /// Variants the experiment expects (its exposure groups); empty: those observed.
+    /// An expected variant with no entity counts as 0 in the sample ratio test.
+    pub expected_variants: &'a [String],
+    pub multiple_variant_entities: i64,
+}
+
+/// Effects of every treatment against control, and the sample ratio mismatch test.
+pub fn analyse(input: &AnalysisInput) -> Analysis {
+    let overall: BTreeMap<&str, &BucketSums> = input
+        .buckets
+        .iter()
+        .filter(|b| b.dimension.is_none())
+        .map(|b| (b.variant.as_str(), b))
+        .collect();
+    let comparisons = match overall.get(input.control) {
+        Some(control) => overall
+            .iter()
+            .filter(|(variant, _)| **variant != input.control)
+            .map(|(variant, treatment)| compare(variant, input.control, treatment, control))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut counts: BTreeMap<String, i64> = input
+        .expected_variants
+        .iter()
+        .map(|v| (v.clone(), 0))
+        .collect();
+    for (variant, bucket) in &overall {
+        counts.insert(variant.to_string(), bucket.entities);
+    }
+    Analysis {
+        comparisons,
+        multiple_variant_entities: input.multiple_variant_entities,
+        sample_ratio_mismatch: (!counts.is_empty()).then(|| SampleRatioMismatch {
+            p_value: sample_ratio_mismatch_p(&counts),
+            counts,
+        }),
+    }
+}
+
+fn compare(variant: &str, control: &str, t: &BucketSums, c: &BucketSums) -> Comparison {
+    let mut comparison = Comparison {
+        variant: variant.to_string(),
+        control: control.to_string(),
+        absolute: None,
+        relative: None,
+        theta: None,
+    };
+    match (&t.values, &c.values) {
+        (
+            BucketMoments::Average {
+                post: pt,
+                cuped: Some(xt),
+            },
+            BucketMoments::Average {
+                post: pc,
+                cuped: Some(xc),
+            },
+        ) => {
+            if let Some((theta, effect)) = cuped_effect(pt, xt, pc, xc) {
+                comparison.theta = Some(theta);
+                comparison.absolute = Some(effect);
+            }
+        }
+        (BucketMoments::Average { post: pt, .. }, BucketMoments::Average { post: pc, .. }) => {
+            comparison.absolute = average_absolute(pt, pc);
+            comparison.relative = average_relative(pt, pc);
+        }
+        (BucketMoments::Ratio { post: pt, .. }, BucketMoments::Ratio { post: pc, .. }) => {
+            comparison.absolute = ratio_absolute(pt, pc);
+        }
+        // Buckets of one calculation always have one shape.
+        _ => {}
+    }
+    comparison
+}
+
+/// An effect from its difference and standard error: 95% interval, two-sided z-test.
+fn effect(difference: f64, standard_error: Option<f64>) -> Option<Effect> {
+    if !difference.is_finite() {
+        return None;
+    }
+    let se = standard_error.filter(|se| se.is_finite() && *se > 0.0);
+    Some(Effect {
+        difference,
+        standard_error: se,
+        ci_lower: se.map(|se| difference - Z_975 * se),
+        ci_upper: se.map(|se| difference + Z_975 * se),
+        p_value: se.map(|se| normal_two_sided_p(difference / se)),
+    })
+}
+
+fn average_absolute(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
+    let difference = t.mean(0)? - c.mean(0)?;
+    let se = (|| Some((t.variance(0)? / t.n as f64 + c.variance(0)? / c.n as f64).sqrt()))();
+    effect(difference, se)
+}
+
+fn average_relative(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
+    let (mean_t, mean_c) = (t.mean(0)?, c.mean(0)?);
+    let difference = mean_t / mean_c - 1.0;
+    let se = (|| {
+        let (var_t, var_c) = (t.variance(0)?, c.variance(0)?);
+        let (n_t, n_c) = (t.n as f64, c.n as f64);
+        Some(
+            (var_t / (n_t * mean_c.powi(2)) + mean_t.powi(2) * var_c / (n_c * mean_c.powi(4)))
+                .sqrt(),
+        )
+    })();
+    effect(difference, se)
+}
+
+/// CUPED: theta from the pooled pre/post sums of both groups, then the adjusted
+/// difference and variance per group.
+fn cuped_effect(
+    post_t: &Moments<1>,
+    cuped_t: &CupedSums<2>,
+    post_c: &Moments<1>,
+    cuped_c: &CupedSums<2>,
+) -> Option<(f64, Effect)> {
+    const X: usize = 0;
+    const Y: usize = 1;
+    let (t, c) = (&cuped_t.moments, &cuped_c.moments);
+    let pooled = *t + *c;
+    let theta = pooled.covariance(X, Y)? / pooled.variance(X)?;
+    if !theta.is_finite() {
+        return None;
+    }
+    let difference = (t.mean(Y)? - c.mean(Y)?) - theta * (t.mean(X)? - c.mean(X)?);
+    let adjusted_variance = |post: &Moments<1>, m: &Moments<2>| {
+        Some(
+            post.variance(0)? + theta.powi(2) * m.variance(X)?
+                - 2.0 * theta * m.covariance(X, Y)?,
+        )
+    };
+    let se = (|| {
+        Some(
+            (adjusted_variance(post_t, t)? / t.n as f64 + adjusted_variance(post_c, c)? / c.n as f64)
+                .sqrt(),
+        )
+    })();
+    Some((theta, effect(difference, se)?))
+}
+
+/// Delta-method variance of a ratio of sums, from per-entity [y, d] moments.
+fn ratio_and_variance(m: &Moments<2>) -> Option<(f64, Option<f64>)> {
+    const Y: usize = 0;
+    const D: usize = 1;
+    let ratio = m.sum(Y) / m.sum(D);
+    let variance = (|| {
+        let (mean_y, mean_d) = (m.mean(Y)?, m.mean(D)?);
+        Some(
+            (m.variance(Y)? / mean_d.powi(2) - 2.0 * mean_y * m.covariance(Y, D)? / mean_d.powi(3)
+                + mean_y.powi(2) * m.variance(D)? / mean_d.powi(4))
+                / m.n as f64,
+        )
+    })();
+    ratio.is_finite().then_some((ratio, variance))
+}
+
+fn ratio_absolute(t: &Moments<2>, c: &Moments<2>) -> Option<Effect> {
+    let (ratio_t, var_t) = ratio_and_variance(t)?;
+    let (ratio_c, var_c) = ratio_and_variance(c)?;
+    let se = var_t.zip(var_c).map(|(a, b)| (a + b).sqrt());
+    effect(ratio_t - ratio_c, se)
+}
+
+/// Chi-square goodness of fit of the counts against an equal split.
+fn sample_ratio_mismatch_p(counts: &BTreeMap<String, i64>) -> Option<f64> {
+    let total: i64 = counts.values().sum();
+    if counts.len() < 2 || total == 0 {
+        return None;
+    }
+    let expected = total as f64 / counts.len() as f64;
+    let statistic: f64 = counts
+        .values()
+        .map(|&observed| (observed as f64 - expected).powi(2) / expected)
+        .sum();
+    Some(chi_square_survival(statistic, (counts.len() - 1) as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::summary::BucketMoments;
+
+    fn average_bucket(variant: &str, values: &[f64]) -> BucketSums {
+        let rows: Vec<[f64; 1]> = values.iter().map(|v| [*v]).collect();
+        BucketSums {
+            variant: variant.into(),
+            dimension: None,
+            entities: values.len() as i64,
+            count_missing: 0,
+            count_missing_rows: 0,
+            values: BucketMoments::Average {
+                post: Moments::from_observations(&rows),
+                cuped: None,
+            },
+        }
+    }
+
+    #[test]
+    fn average_effect_and_srm() {
+        let buckets = [
+            average_bucket("control", &[1.0, 2.0, 3.0, 4.0]),
+            average_bucket("treatment", &[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]),
+        ];
+        let analysis = analyse(&AnalysisInput {
+            buckets: &buckets,
+            control: "control",
+            expected_variants: &[],
+            multiple_variant_entities: 3,
+        });
+        assert_eq!(analysis.multiple_variant_entities, 3);
+        let comparison = &analysis.comparisons[0];
+        assert_eq!(comparison.variant, "treatment");
+        let absolute = comparison.absolute.as_ref().unwrap();
+        assert!((absolute.difference - 2.0).abs() < 1e-12);
+        // var_c = 5/3, var_t = 3.5: se = √(3.5/6 + (5/3)/4)
+        let se = (3.5f64 / 6.0 + (5.0 / 3.0) / 4.0).sqrt();
+        assert!((absolute.standard_error.unwrap() - se).abs() < 1e-12);
+        assert!((absolute.ci_upper.unwrap() - (2.0 + Z_975 * se)).abs() < 1e-12);
+        let relative = comparison.relative.as_ref().unwrap();
+        assert!((relative.difference - (4.5 / 2.5 - 1.0)).abs() < 1e-12);
+        let srm = analysis.sample_ratio_mismatch.unwrap();
+        assert_eq!(srm.counts["control"], 4);
+        // χ² = (4−5)²/5 + (6−5)²/5 = 0.4 with 1 dof
+        let p = srm.p_value.unwrap();
+        assert!((p - libm::erfc((0.2f64).sqrt())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn missing_control_gives_no_comparison_and_expected_groups_count_as_zero() {
+        let buckets = [average_bucket("a", &[1.0, 2.0])];
+        let groups = vec!["a".to_string(), "b".to_string()];
+        let analysis = analyse(&AnalysisInput {
+            buckets: &buckets,
+            control: "control",
+            expected_variants: &groups,
+            multiple_variant_entities: 0,
+        });
+        assert!(analysis.comparisons.is_empty());
+        let srm = analysis.sample_ratio_mismatch.unwrap();
+        assert_eq!(srm.counts["b"], 0);
+        assert!(srm.p_value.unwrap() < 0.2);
+    }
+
+    #[test]
+    fn zero_variance_leaves_inference_out() {
+        let buckets = [
+            average_bucket("control", &[1.0, 1.0]),
+            average_bucket("treatment", &[1.0, 1.0]),
+        ];
+        let analysis = analyse(&AnalysisInput {
+            buckets: &buckets,
+            control: "control",
+            expected_variants: &[],
+            multiple_variant_entities: 0,
+        });
+        let absolute = analysis.comparisons[0].absolute.as_ref().unwrap();
+        assert_eq!(absolute.difference, 0.0);
+        assert_eq!(absolute.p_value, None);
+        assert_eq!(absolute.standard_error, None);
+    }
+}

@@ -1,0 +1,15 @@
+//! Summary statistics and the analysis built on them (pure).
+//!
+//! Everything starts from additive sufficient statistics ([`Moments`]): sums in,
+//! derived figures out, each formula in one place. Slices and increments combine by
+//! adding moments.
+
+mod analysis;
+mod distribution;
+mod moments;
+pub mod summary;
+
+pub use analysis::{AnalysisInput, analyse};
+pub use distribution::{chi_square_survival, normal_two_sided_p, Z_975};
+pub use moments::Moments;
+pub use summary::{BucketMoments, BucketSums, CupedSums, MeasureShape, summarise};

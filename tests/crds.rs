@@ -1,0 +1,327 @@
+//! The CRDs: `crds/` equals `tally crds`, and every CEL rule rejects what it should
+//! and accepts what it should, evaluated on the generated schemas.
+
+use kube_cel::Validator;
+use serde_json::{Value, json};
+
+fn schema(kind: &str) -> Value {
+    let crd = tally::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("every CRD has a schema");
+    serde_json::to_value(schema).unwrap()
+}
+
+/// The rule messages a resource violates.
+fn violations(kind: &str, object: &Value) -> Vec<String> {
+    match Validator::new().validate(&schema(kind), object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn assert_accepted(kind: &str, object: Value) {
+    let errors = violations(kind, &object);
+    assert!(errors.is_empty(), "{kind} should be accepted: {errors:?}\n{object:#}");
+}
+
+fn assert_rejected(kind: &str, object: Value, message: &str) {
+    let errors = violations(kind, &object);
+    assert!(
+        errors.iter().any(|e| e.contains(message)),
+        "{kind} should be rejected with {message:?}, got {errors:?}\n{object:#}"
+    );
+}
+
+fn resource(kind: &str, spec: Value) -> Value {
+    json!({"apiVersion": "tally.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec})
+}
+
+#[test]
+fn checked_in_crds_equal_generated() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for crd in tally::api::crds() {
+        let file = dir.join(format!("{}.yaml", crd.spec.names.singular.clone().unwrap()));
+        let generated = serde_yaml::to_string(&crd).unwrap();
+        let checked_in = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}; run `tally crds --output-dir crds`", file.display()));
+        assert!(
+            checked_in == generated,
+            "{} is out of date; run `tally crds --output-dir crds`",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn crds_have_names_columns_and_status() {
+    for crd in tally::api::crds() {
+        let names = &crd.spec.names;
+        assert_eq!(crd.spec.group, "tally.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(names.categories.as_deref(), Some(&["tally".to_string()][..]));
+        assert_eq!(names.short_names.as_ref().map(|s| s.len()), Some(1), "{}", names.kind);
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.additional_printer_columns.as_ref().is_some_and(|c| !c.is_empty()));
+    }
+    let mc = tally::api::crds().into_iter().find(|c| c.spec.names.kind == "MetricCalculation").unwrap();
+    let columns: Vec<String> = mc.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(columns, ["State", "Metric", "Age"]);
+    assert!(mc.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()));
+}
+
+fn calculation(start: &str, end: &str) -> Value {
+    resource(
+        "MetricCalculation",
+        json!({"metric": "m", "exposureTable": "e", "startTime": start, "endTime": end}),
+    )
+}
+
+#[test]
+fn calculation_end_must_follow_start() {
+    assert_accepted("MetricCalculation", calculation("2026-10-01T00:00:00Z", "2026-10-08T00:00:00Z"));
+    assert_rejected(
+        "MetricCalculation",
+        calculation("2026-10-08T00:00:00Z", "2026-10-01T00:00:00Z"),
+        "endTime must be after startTime",
+    );
+    assert_rejected(
+        "MetricCalculation",
+        calculation("2026-10-08T00:00:00Z", "2026-10-08T00:00:00Z"),
+        "endTime must be after startTime",
+    );
+    let mut within = calculation("2026-10-01T00:00:00Z", "2026-10-08T00:00:00Z");
+    within["spec"]["exposureEndTime"] = json!("2026-10-05T00:00:00Z");
+    assert_accepted("MetricCalculation", within.clone());
+    within["spec"]["exposureEndTime"] = json!("2026-10-09T00:00:00Z");
+    assert_rejected("MetricCalculation", within, "exposureEndTime must be after startTime");
+}
+
+fn table(source: Value) -> Value {
+    resource(
+        "FactTable",
+        json!({"source": source, "entityColumn": "user_id", "timestampColumn": "ts"}),
+    )
+}
+
+#[test]
+fn table_source_needs_exactly_one_kind() {
+    assert_accepted("FactTable", table(json!({"table": "analytics.purchases"})));
+    assert_accepted("FactTable", table(json!({"files": "data/*.parquet"})));
+    assert_accepted("ExposureTable", resource("ExposureTable", json!({
+        "source": {"sql": "SELECT 1"}, "entityColumn": "u", "timestampColumn": "t", "variantColumn": "v"
+    })));
+    assert_rejected("FactTable", table(json!({})), "exactly one of source.table");
+    assert_rejected(
+        "FactTable",
+        table(json!({"table": "t", "sql": "SELECT 1"})),
+        "exactly one of source.table",
+    );
+    assert_rejected(
+        "DimensionTable",
+        resource("DimensionTable", json!({
+            "source": {"table": "t", "files": "f.csv"}, "entityColumn": "u", "dimensions": [{"name": "country"}]
+        })),
+        "exactly one of source.table",
+    );
+}
+
+fn metric(spec: Value) -> Value {
+    resource("Metric", spec)
+}
+
+fn sum_of(measurement: &str) -> Value {
+    json!({"factTable": "purchases", "measurement": measurement, "aggregation": "Sum"})
+}
+
+#[test]
+fn metric_type_needs_its_block() {
+    assert_accepted("Metric", metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")}})));
+    assert_accepted(
+        "Metric",
+        metric(json!({"type": "Ratio", "ratio": {"numerator": sum_of("amount"), "denominator": sum_of("items")}})),
+    );
+    assert_rejected("Metric", metric(json!({"type": "Average"})), "type Average needs spec.average");
+    assert_rejected(
+        "Metric",
+        metric(json!({"type": "Ratio", "average": {"measurement": sum_of("amount")}})),
+        "type Ratio needs spec.ratio",
+    );
+    assert_rejected(
+        "Metric",
+        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")},
+                      "ratio": {"numerator": sum_of("a"), "denominator": sum_of("b")}})),
+        "type Average needs spec.average and no spec.ratio",
+    );
+}
+
+#[test]
+fn measurement_is_required_unless_counting() {
+    let count = json!({"factTable": "purchases", "aggregation": "Count"});
+    assert_accepted("Metric", metric(json!({"type": "Average", "average": {"measurement": count}})));
+    let sum = json!({"factTable": "purchases", "aggregation": "Sum"});
+    assert_rejected(
+        "Metric",
+        metric(json!({"type": "Average", "average": {"measurement": sum}})),
+        "measurement is required unless aggregation is Count",
+    );
+}
+
+#[test]
+fn cap_bounds_are_ordered() {
+    let with_cap = |cap: Value| {
+        let mut m = sum_of("amount");
+        m["cap"] = cap;
+        metric(json!({"type": "Average", "average": {"measurement": m}}))
+    };
+    assert_accepted("Metric", with_cap(json!({"max": 200.0})));
+    assert_accepted("Metric", with_cap(json!({"min": 0.0, "max": 200.0})));
+    assert_rejected("Metric", with_cap(json!({"min": 10.0, "max": 1.0})), "cap.min must not exceed cap.max");
+    assert_rejected("Metric", with_cap(json!({})), "a cap needs min, max or both");
+}
+
+#[test]
+fn durations_are_checked() {
+    let with_window = |window: Value| {
+        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")}, "window": window}))
+    };
+    assert_accepted("Metric", with_window(json!({"offset": "0s", "length": "7d"})));
+    assert_accepted("Metric", with_window(json!({"offset": "1h30m", "length": "1.5d"})));
+    assert_rejected("Metric", with_window(json!({"length": "0d"})), "must be a positive duration");
+    assert_rejected("Metric", with_window(json!({"length": "-1d"})), "must be a positive duration");
+    assert_rejected("Metric", with_window(json!({"offset": "1 day"})), "must be a duration");
+    let cuped = |window: &str| {
+        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")},
+                      "varianceReduction": {"preExposureWindow": window}}))
+    };
+    assert_accepted("Metric", cuped("14d"));
+    assert_rejected("Metric", cuped("0s"), "must be a positive duration");
+}
+
+fn schedule(spec_extra: Value) -> Value {
+    let mut spec = json!({
+        "metricCalculationSpec": {"metric": "m", "exposureTable": "e"},
+        "scheduleStartTime": "2026-10-01T00:00:00Z",
+        "scheduleIntervals": ["1d"],
+    });
+    for (key, value) in spec_extra.as_object().unwrap() {
+        spec[key] = value.clone();
+    }
+    resource("ScheduledMetricCalculation", spec)
+}
+
+#[test]
+fn schedule_rules() {
+    assert_accepted("ScheduledMetricCalculation", schedule(json!({})));
+    assert_accepted(
+        "ScheduledMetricCalculation",
+        schedule(json!({"scheduleEndTime": "2026-11-01T00:00:00Z", "scheduleIntervals": ["1d", "7d"]})),
+    );
+    assert_rejected(
+        "ScheduledMetricCalculation",
+        schedule(json!({"scheduleEndTime": "2026-09-01T00:00:00Z"})),
+        "scheduleEndTime must be after scheduleStartTime",
+    );
+    assert_rejected(
+        "ScheduledMetricCalculation",
+        schedule(json!({"scheduleIntervals": []})),
+        "scheduleIntervals must not be empty",
+    );
+    assert_rejected(
+        "ScheduledMetricCalculation",
+        schedule(json!({"scheduleIntervals": ["1d", "0h"]})),
+        "must be a positive duration",
+    );
+}
+
+/// The rules of a structural schema that generated schemas could break: a type on
+/// every node (unless it preserves unknown fields or is int-or-string), no `$ref`, and
+/// no types or defaults inside `anyOf`/`allOf`/`oneOf`/`not`.
+fn structural_problems(path: &str, node: &Value, in_junctor: bool, out: &mut Vec<String>) {
+    let Some(map) = node.as_object() else {
+        out.push(format!("{path}: not an object"));
+        return;
+    };
+    for banned in ["$ref", "definitions", "$defs"] {
+        if map.contains_key(banned) {
+            out.push(format!("{path}: has {banned}"));
+        }
+    }
+    let free = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+        || map.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    if in_junctor {
+        for banned in ["type", "default", "nullable", "description"] {
+            if map.contains_key(banned) {
+                out.push(format!("{path}: {banned} inside anyOf/allOf/oneOf/not"));
+            }
+        }
+    } else if !free && !map.contains_key("type") {
+        out.push(format!("{path}: no type"));
+    }
+    if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            structural_problems(&format!("{path}.{name}"), child, in_junctor, out);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = map.get(key).filter(|c| c.is_object()) {
+            structural_problems(&format!("{path}.{key}"), child, in_junctor, out);
+        }
+    }
+    for key in ["anyOf", "allOf", "oneOf"] {
+        for (i, child) in map.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            structural_problems(&format!("{path}.{key}[{i}]"), child, true, out);
+        }
+    }
+}
+
+#[test]
+fn schemas_are_structural() {
+    for crd in tally::api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let mut problems = Vec::new();
+        structural_problems(&kind, &schema(&kind), false, &mut problems);
+        assert!(problems.is_empty(), "{kind}: {problems:#?}");
+    }
+}
+
+/// `kubernetes-validate` (PyPI) checks each CRD against Kubernetes' own schema for
+/// `apiextensions.k8s.io/v1`. CI installs it; elsewhere the test says how.
+#[test]
+fn crds_validate_against_kubernetes_schemas() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 7, "one CRD file per kind in {}", dir.display());
+    let output = match std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("TALLY_REQUIRE_TOOLS").is_none() => {
+            eprintln!("skipped: kubernetes-validate not runnable ({e}); pip install kubernetes-validate");
+            return;
+        }
+        Err(e) => panic!("kubernetes-validate is required: {e}"),
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "kubernetes-validate failed:\n{text}");
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+}
