@@ -5,7 +5,9 @@ use std::{fmt::Write as _, path::PathBuf};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::api::{self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults};
+use crate::api::{
+    self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults,
+};
 use crate::engine::{self, EngineError};
 use crate::manifest::{self, ManifestError};
 use crate::plan::{self, CalculationPlan, Catalog, PlanError, RowError};
@@ -23,7 +25,10 @@ pub enum CliError {
         error: EngineError,
     },
     #[error("{calculation}: reading the result: {error}")]
-    Rows { calculation: String, error: RowError },
+    Rows {
+        calculation: String,
+        error: RowError,
+    },
     #[error("no MetricCalculation found in {0}")]
     NothingToRun(String),
     #[error("could not write {path}: {message}")]
@@ -32,7 +37,9 @@ pub enum CliError {
 
 /// Loads manifests and compiles every MetricCalculation in them; nothing runs yet, so
 /// bad input fails before any output.
-pub fn compile_all(paths: &[PathBuf]) -> Result<Vec<(MetricCalculation, CalculationPlan)>, CliError> {
+pub fn compile_all(
+    paths: &[PathBuf],
+) -> Result<Vec<(MetricCalculation, CalculationPlan)>, CliError> {
     let manifests = manifest::load(paths)?;
     if manifests.calculations.is_empty() {
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -110,7 +117,10 @@ pub fn run(paths: &[PathBuf], format: OutputFormat) -> Result<String, CliError> 
     })
 }
 
-fn with_status(calculation: &MetricCalculation, status: &MetricCalculationStatus) -> MetricCalculation {
+fn with_status(
+    calculation: &MetricCalculation,
+    status: &MetricCalculationStatus,
+) -> MetricCalculation {
     let mut out = calculation.clone();
     out.status = Some(status.clone());
     out
@@ -120,7 +130,12 @@ fn with_status(calculation: &MetricCalculation, status: &MetricCalculationStatus
 pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
     let mut out = String::new();
     for (calculation, plan) in compile_all(paths)? {
-        let _ = writeln!(out, "-- MetricCalculation {}\n{};\n", calculation.name_any(), plan.sql.trim_end());
+        let _ = writeln!(
+            out,
+            "-- MetricCalculation {}\n{};\n",
+            calculation.name_any(),
+            plan.sql.trim_end()
+        );
     }
     Ok(out)
 }
@@ -132,7 +147,10 @@ pub fn crds(output_dir: Option<&PathBuf>) -> Result<String, CliError> {
         let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
         match output_dir {
             Some(dir) => {
-                let file = dir.join(format!("{}.yaml", crd.spec.names.singular.clone().unwrap_or_default()));
+                let file = dir.join(format!(
+                    "{}.yaml",
+                    crd.spec.names.singular.clone().unwrap_or_default()
+                ));
                 std::fs::write(&file, &yaml).map_err(|e| CliError::Write {
                     path: file.display().to_string(),
                     message: e.to_string(),
@@ -156,7 +174,11 @@ fn number(value: f64) -> String {
 
 fn signed(value: f64) -> String {
     let text = number(value);
-    if value >= 0.0 { format!("+{text}") } else { text }
+    if value >= 0.0 {
+        format!("+{text}")
+    } else {
+        text
+    }
 }
 
 fn effect_text(effect: &Effect) -> String {
@@ -235,11 +257,16 @@ pub fn render_table(calculation: &MetricCalculation, status: &MetricCalculationS
         "p-value".to_string(),
     ]];
     for (variant, entities) in &counts {
-        let value = headline(results, variant).map(number).unwrap_or_else(|| "-".into());
+        let value = headline(results, variant)
+            .map(number)
+            .unwrap_or_else(|| "-".into());
         let comparison = analysis.comparisons.iter().find(|c| &c.variant == variant);
         let (effect, relative, p) = match comparison {
             Some(c) => (
-                c.absolute.as_ref().map(effect_text).unwrap_or_else(|| "-".into()),
+                c.absolute
+                    .as_ref()
+                    .map(effect_text)
+                    .unwrap_or_else(|| "-".into()),
                 c.relative
                     .as_ref()
                     .map(|r| format!("{:+.2}%", r.difference * 100.0))
@@ -249,7 +276,14 @@ pub fn render_table(calculation: &MetricCalculation, status: &MetricCalculationS
             None if variant == control => ("(control)".into(), String::new(), String::new()),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        rows.push([variant.clone(), entities.to_string(), value, effect, relative, p]);
+        rows.push([
+            variant.clone(),
+            entities.to_string(),
+            value,
+            effect,
+            relative,
+            p,
+        ]);
     }
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -291,7 +325,9 @@ pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
             .as_ref()
             .is_some_and(|s| !s.counts.contains_key(control))
     {
-        out.push(format!("no entity in the control variant {control:?}: no effects computed"));
+        out.push(format!(
+            "no entity in the control variant {control:?}: no effects computed"
+        ));
     }
     out
 }

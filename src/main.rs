@@ -49,7 +49,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let output = match args.command {
         Command::Run { files, output } => cli::run(&files, output),
-        Command::Sql { files, dialect: Dialect::Duckdb } => cli::sql(&files),
+        Command::Sql {
+            files,
+            dialect: Dialect::Duckdb,
+        } => cli::sql(&files),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
     };
     match output {

@@ -134,8 +134,15 @@ impl Manifests {
         value: serde_yaml::Value,
     ) -> Result<(), ManifestError> {
         let path = file.display().to_string();
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
-        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
         let name = value
             .get("metadata")
             .and_then(|m| m.get("name"))
@@ -148,7 +155,11 @@ impl Manifests {
         let invalid = |field: &str, message: String| ManifestError::Invalid {
             path: path.clone(),
             kind: kind.clone(),
-            name: if name.is_empty() { format!("(document {document})") } else { name.clone() },
+            name: if name.is_empty() {
+                format!("(document {document})")
+            } else {
+                name.clone()
+            },
             field: field.to_string(),
             message,
         };

@@ -4,7 +4,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{Analysis, CalculationState, CalculationTimes, MetricCalculationStatus, MetricResults};
+use crate::api::{
+    Analysis, CalculationState, CalculationTimes, MetricCalculationStatus, MetricResults,
+};
 use crate::engine::QueryResult;
 use crate::plan::{CalculationPlan, RowError, read_buckets};
 use crate::stats::{AnalysisInput, analyse, summarise};

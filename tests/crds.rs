@@ -27,7 +27,10 @@ fn violations(kind: &str, object: &Value) -> Vec<String> {
 
 fn assert_accepted(kind: &str, object: Value) {
     let errors = violations(kind, &object);
-    assert!(errors.is_empty(), "{kind} should be accepted: {errors:?}\n{object:#}");
+    assert!(
+        errors.is_empty(),
+        "{kind} should be accepted: {errors:?}\n{object:#}"
+    );
 }
 
 fn assert_rejected(kind: &str, object: Value, message: &str) {
@@ -48,8 +51,12 @@ fn checked_in_crds_equal_generated() {
     for crd in tally::api::crds() {
         let file = dir.join(format!("{}.yaml", crd.spec.names.singular.clone().unwrap()));
         let generated = serde_yaml::to_string(&crd).unwrap();
-        let checked_in = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `tally crds --output-dir crds`", file.display()));
+        let checked_in = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `tally crds --output-dir crds`",
+                file.display()
+            )
+        });
         assert!(
             checked_in == generated,
             "{} is out of date; run `tally crds --output-dir crds`",
@@ -64,13 +71,29 @@ fn crds_have_names_columns_and_status() {
         let names = &crd.spec.names;
         assert_eq!(crd.spec.group, "tally.dev");
         assert_eq!(crd.spec.scope, "Namespaced");
-        assert_eq!(names.categories.as_deref(), Some(&["tally".to_string()][..]));
-        assert_eq!(names.short_names.as_ref().map(|s| s.len()), Some(1), "{}", names.kind);
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["tally".to_string()][..])
+        );
+        assert_eq!(
+            names.short_names.as_ref().map(|s| s.len()),
+            Some(1),
+            "{}",
+            names.kind
+        );
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.additional_printer_columns.as_ref().is_some_and(|c| !c.is_empty()));
+        assert!(
+            version
+                .additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| !c.is_empty())
+        );
     }
-    let mc = tally::api::crds().into_iter().find(|c| c.spec.names.kind == "MetricCalculation").unwrap();
+    let mc = tally::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "MetricCalculation")
+        .unwrap();
     let columns: Vec<String> = mc.spec.versions[0]
         .additional_printer_columns
         .as_ref()
@@ -79,7 +102,12 @@ fn crds_have_names_columns_and_status() {
         .map(|c| c.name.clone())
         .collect();
     assert_eq!(columns, ["State", "Metric", "Age"]);
-    assert!(mc.spec.versions[0].subresources.as_ref().is_some_and(|s| s.status.is_some()));
+    assert!(
+        mc.spec.versions[0]
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some())
+    );
 }
 
 fn calculation(start: &str, end: &str) -> Value {
@@ -91,7 +119,10 @@ fn calculation(start: &str, end: &str) -> Value {
 
 #[test]
 fn calculation_end_must_follow_start() {
-    assert_accepted("MetricCalculation", calculation("2026-10-01T00:00:00Z", "2026-10-08T00:00:00Z"));
+    assert_accepted(
+        "MetricCalculation",
+        calculation("2026-10-01T00:00:00Z", "2026-10-08T00:00:00Z"),
+    );
     assert_rejected(
         "MetricCalculation",
         calculation("2026-10-08T00:00:00Z", "2026-10-01T00:00:00Z"),
@@ -106,7 +137,11 @@ fn calculation_end_must_follow_start() {
     within["spec"]["exposureEndTime"] = json!("2026-10-05T00:00:00Z");
     assert_accepted("MetricCalculation", within.clone());
     within["spec"]["exposureEndTime"] = json!("2026-10-09T00:00:00Z");
-    assert_rejected("MetricCalculation", within, "exposureEndTime must be after startTime");
+    assert_rejected(
+        "MetricCalculation",
+        within,
+        "exposureEndTime must be after startTime",
+    );
 }
 
 fn table(source: Value) -> Value {
@@ -120,9 +155,15 @@ fn table(source: Value) -> Value {
 fn table_source_needs_exactly_one_kind() {
     assert_accepted("FactTable", table(json!({"table": "analytics.purchases"})));
     assert_accepted("FactTable", table(json!({"files": "data/*.parquet"})));
-    assert_accepted("ExposureTable", resource("ExposureTable", json!({
-        "source": {"sql": "SELECT 1"}, "entityColumn": "u", "timestampColumn": "t", "variantColumn": "v"
-    })));
+    assert_accepted(
+        "ExposureTable",
+        resource(
+            "ExposureTable",
+            json!({
+                "source": {"sql": "SELECT 1"}, "entityColumn": "u", "timestampColumn": "t", "variantColumn": "v"
+            }),
+        ),
+    );
     assert_rejected("FactTable", table(json!({})), "exactly one of source.table");
     assert_rejected(
         "FactTable",
@@ -131,9 +172,12 @@ fn table_source_needs_exactly_one_kind() {
     );
     assert_rejected(
         "DimensionTable",
-        resource("DimensionTable", json!({
-            "source": {"table": "t", "files": "f.csv"}, "entityColumn": "u", "dimensions": [{"name": "country"}]
-        })),
+        resource(
+            "DimensionTable",
+            json!({
+                "source": {"table": "t", "files": "f.csv"}, "entityColumn": "u", "dimensions": [{"name": "country"}]
+            }),
+        ),
         "exactly one of source.table",
     );
 }
@@ -148,12 +192,21 @@ fn sum_of(measurement: &str) -> Value {
 
 #[test]
 fn metric_type_needs_its_block() {
-    assert_accepted("Metric", metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")}})));
     assert_accepted(
         "Metric",
-        metric(json!({"type": "Ratio", "ratio": {"numerator": sum_of("amount"), "denominator": sum_of("items")}})),
+        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")}})),
     );
-    assert_rejected("Metric", metric(json!({"type": "Average"})), "type Average needs spec.average");
+    assert_accepted(
+        "Metric",
+        metric(
+            json!({"type": "Ratio", "ratio": {"numerator": sum_of("amount"), "denominator": sum_of("items")}}),
+        ),
+    );
+    assert_rejected(
+        "Metric",
+        metric(json!({"type": "Average"})),
+        "type Average needs spec.average",
+    );
     assert_rejected(
         "Metric",
         metric(json!({"type": "Ratio", "average": {"measurement": sum_of("amount")}})),
@@ -161,8 +214,10 @@ fn metric_type_needs_its_block() {
     );
     assert_rejected(
         "Metric",
-        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")},
-                      "ratio": {"numerator": sum_of("a"), "denominator": sum_of("b")}})),
+        metric(
+            json!({"type": "Average", "average": {"measurement": sum_of("amount")},
+                      "ratio": {"numerator": sum_of("a"), "denominator": sum_of("b")}}),
+        ),
         "type Average needs spec.average and no spec.ratio",
     );
 }
@@ -170,7 +225,10 @@ fn metric_type_needs_its_block() {
 #[test]
 fn measurement_is_required_unless_counting() {
     let count = json!({"factTable": "purchases", "aggregation": "Count"});
-    assert_accepted("Metric", metric(json!({"type": "Average", "average": {"measurement": count}})));
+    assert_accepted(
+        "Metric",
+        metric(json!({"type": "Average", "average": {"measurement": count}})),
+    );
     let sum = json!({"factTable": "purchases", "aggregation": "Sum"});
     assert_rejected(
         "Metric",
@@ -188,23 +246,53 @@ fn cap_bounds_are_ordered() {
     };
     assert_accepted("Metric", with_cap(json!({"max": 200.0})));
     assert_accepted("Metric", with_cap(json!({"min": 0.0, "max": 200.0})));
-    assert_rejected("Metric", with_cap(json!({"min": 10.0, "max": 1.0})), "cap.min must not exceed cap.max");
-    assert_rejected("Metric", with_cap(json!({})), "a cap needs min, max or both");
+    assert_rejected(
+        "Metric",
+        with_cap(json!({"min": 10.0, "max": 1.0})),
+        "cap.min must not exceed cap.max",
+    );
+    assert_rejected(
+        "Metric",
+        with_cap(json!({})),
+        "a cap needs min, max or both",
+    );
 }
 
 #[test]
 fn durations_are_checked() {
     let with_window = |window: Value| {
-        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")}, "window": window}))
+        metric(
+            json!({"type": "Average", "average": {"measurement": sum_of("amount")}, "window": window}),
+        )
     };
-    assert_accepted("Metric", with_window(json!({"offset": "0s", "length": "7d"})));
-    assert_accepted("Metric", with_window(json!({"offset": "1h30m", "length": "1.5d"})));
-    assert_rejected("Metric", with_window(json!({"length": "0d"})), "must be a positive duration");
-    assert_rejected("Metric", with_window(json!({"length": "-1d"})), "must be a positive duration");
-    assert_rejected("Metric", with_window(json!({"offset": "1 day"})), "must be a duration");
+    assert_accepted(
+        "Metric",
+        with_window(json!({"offset": "0s", "length": "7d"})),
+    );
+    assert_accepted(
+        "Metric",
+        with_window(json!({"offset": "1h30m", "length": "1.5d"})),
+    );
+    assert_rejected(
+        "Metric",
+        with_window(json!({"length": "0d"})),
+        "must be a positive duration",
+    );
+    assert_rejected(
+        "Metric",
+        with_window(json!({"length": "-1d"})),
+        "must be a positive duration",
+    );
+    assert_rejected(
+        "Metric",
+        with_window(json!({"offset": "1 day"})),
+        "must be a duration",
+    );
     let cuped = |window: &str| {
-        metric(json!({"type": "Average", "average": {"measurement": sum_of("amount")},
-                      "varianceReduction": {"preExposureWindow": window}}))
+        metric(
+            json!({"type": "Average", "average": {"measurement": sum_of("amount")},
+                      "varianceReduction": {"preExposureWindow": window}}),
+        )
     };
     assert_accepted("Metric", cuped("14d"));
     assert_rejected("Metric", cuped("0s"), "must be a positive duration");
@@ -227,7 +315,9 @@ fn schedule_rules() {
     assert_accepted("ScheduledMetricCalculation", schedule(json!({})));
     assert_accepted(
         "ScheduledMetricCalculation",
-        schedule(json!({"scheduleEndTime": "2026-11-01T00:00:00Z", "scheduleIntervals": ["1d", "7d"]})),
+        schedule(
+            json!({"scheduleEndTime": "2026-11-01T00:00:00Z", "scheduleIntervals": ["1d", "7d"]}),
+        ),
     );
     assert_rejected(
         "ScheduledMetricCalculation",
@@ -281,7 +371,13 @@ fn structural_problems(path: &str, node: &Value, in_junctor: bool, out: &mut Vec
         }
     }
     for key in ["anyOf", "allOf", "oneOf"] {
-        for (i, child) in map.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, child) in map
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             structural_problems(&format!("{path}.{key}[{i}]"), child, true, out);
         }
     }
@@ -302,7 +398,10 @@ fn schemas_are_structural() {
 #[test]
 fn crds_validate_against_kubernetes_schemas() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 7, "one CRD file per kind in {}", dir.display());
     let output = match std::process::Command::new("kubernetes-validate")
@@ -312,7 +411,9 @@ fn crds_validate_against_kubernetes_schemas() {
     {
         Ok(output) => output,
         Err(e) if std::env::var_os("TALLY_REQUIRE_TOOLS").is_none() => {
-            eprintln!("skipped: kubernetes-validate not runnable ({e}); pip install kubernetes-validate");
+            eprintln!(
+                "skipped: kubernetes-validate not runnable ({e}); pip install kubernetes-validate"
+            );
             return;
         }
         Err(e) => panic!("kubernetes-validate is required: {e}"),
@@ -322,6 +423,9 @@ fn crds_validate_against_kubernetes_schemas() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "kubernetes-validate failed:\n{text}");
+    assert!(
+        output.status.success(),
+        "kubernetes-validate failed:\n{text}"
+    );
     assert!(!text.to_lowercase().contains("error"), "{text}");
 }

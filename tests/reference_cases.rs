@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use common::{case_dirs, compare_to_expected, testdata_dir};
-use tally::api::{ExposureTable, DimensionTable, FactTable, Metric, MetricCalculation};
+use tally::api::{DimensionTable, ExposureTable, FactTable, Metric, MetricCalculation};
 use tally::plan::{self, Catalog};
 
 fn aggregation(name: &str) -> &'static str {
@@ -71,7 +71,13 @@ fn resources(case: &Value, data: &Path) -> (Catalog, MetricCalculation) {
         let mut measurements: Vec<Value> = catalog
             .fact_tables
             .get(&name)
-            .map(|t| t.spec.measurements.iter().map(|m| serde_json::to_value(m).unwrap()).collect())
+            .map(|t| {
+                t.spec
+                    .measurements
+                    .iter()
+                    .map(|m| serde_json::to_value(m).unwrap())
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(column) = column
             && !measurements.iter().any(|m| m["name"] == column)
@@ -110,7 +116,9 @@ fn resources(case: &Value, data: &Path) -> (Catalog, MetricCalculation) {
         out
     };
     let mut spec = match metric["type"].as_str().unwrap() {
-        "average" => json!({"type": "Average", "average": {"measurement": measurement(&metric["measurement"])}}),
+        "average" => {
+            json!({"type": "Average", "average": {"measurement": measurement(&metric["measurement"])}})
+        }
         "ratio" => json!({"type": "Ratio", "ratio": {
             "numerator": measurement(&metric["numerator"]),
             "denominator": measurement(&metric["denominator"]),
@@ -133,7 +141,12 @@ fn resources(case: &Value, data: &Path) -> (Catalog, MetricCalculation) {
 
     let calc = &case["calculation"];
     let mut split_dimensions = Vec::new();
-    for dimension in calc.get("splitDimensions").and_then(Value::as_array).into_iter().flatten() {
+    for dimension in calc
+        .get("splitDimensions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let name = dimension["name"].as_str().unwrap();
         match dimension["source"].as_str().unwrap() {
             "dimensionTable" => {
@@ -180,22 +193,37 @@ fn resources(case: &Value, data: &Path) -> (Catalog, MetricCalculation) {
 #[test]
 fn reference_cases_match_expected_results() {
     let cases = case_dirs();
-    assert!(cases.len() >= 11, "expected the shared reference cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 11,
+        "expected the shared reference cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for dir in &cases {
-        let case: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-        let data = testdata_dir().join("data").join(case["data"].as_str().unwrap());
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let data = testdata_dir()
+            .join("data")
+            .join(case["data"].as_str().unwrap());
         let (catalog, calculation) = resources(&case, &data);
-        let resolved = plan::resolve(&calculation, &catalog).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let resolved = plan::resolve(&calculation, &catalog)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let plan = plan::compile(&resolved);
-        let status = tally::cli::run_plan(&plan).unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), plan.sql));
+        let status = tally::cli::run_plan(&plan)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), plan.sql));
         let actual = serde_json::to_value(&status).unwrap();
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         for problem in compare_to_expected(&expected, &actual) {
             failures.push(format!("{name}: {problem}"));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

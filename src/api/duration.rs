@@ -220,11 +220,7 @@ mod tests {
         assert_eq!(secs("1.5h"), 5_400);
         assert_eq!(secs("0s"), 0);
         assert_eq!(
-            "250ms"
-                .parse::<Duration>()
-                .unwrap()
-                .as_signed()
-                .as_millis(),
+            "250ms".parse::<Duration>().unwrap().as_signed().as_millis(),
             250
         );
     }

@@ -116,10 +116,7 @@ pub fn run(
     };
     let mut statement = connection.prepare(sql).map_err(query_error)?;
     let mut rows = statement.query([]).map_err(query_error)?;
-    let columns: Vec<String> = rows
-        .as_ref()
-        .map(|s| s.column_names())
-        .unwrap_or_default();
+    let columns: Vec<String> = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(query_error)? {
         let mut values = Vec::with_capacity(columns.len());

@@ -2,8 +2,8 @@
 
 pub mod duckdb;
 
-use crate::plan::{CalculationPlan, SqlValue};
 use crate::api::Engine;
+use crate::plan::{CalculationPlan, SqlValue};
 
 /// The rows of a query, engine-neutral.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -17,7 +17,10 @@ pub enum EngineError {
     #[error("could not open the DuckDB database {path:?}: {message}")]
     Open { path: String, message: String },
     #[error("invalid engine setting {setting}: {message}")]
-    Setting { setting: &'static str, message: String },
+    Setting {
+        setting: &'static str,
+        message: String,
+    },
     #[error("the warehouse query failed: {0}")]
     Query(String),
     #[error("the warehouse query was cancelled")]

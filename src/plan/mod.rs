@@ -18,13 +18,15 @@ use crate::api::{CalculationTimes, DuckDbSettings, Engine};
 use crate::stats::MeasureShape;
 
 pub use catalog::Catalog;
-pub use resolve::{resolve, ResolvedCalculation};
-pub use rows::{read_buckets, RowError, SqlValue};
+pub use resolve::{ResolvedCalculation, resolve};
+pub use rows::{RowError, SqlValue, read_buckets};
 
 /// A resource that failed to resolve, and how to fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("{referrer}: {field} refers to {kind} {name:?}, which does not exist in this namespace; create it or fix the name")]
+    #[error(
+        "{referrer}: {field} refers to {kind} {name:?}, which does not exist in this namespace; create it or fix the name"
+    )]
     MissingReference {
         referrer: String,
         field: String,
@@ -40,7 +42,11 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    pub(crate) fn invalid(resource: &str, field: impl Into<String>, message: impl ToString) -> Self {
+    pub(crate) fn invalid(
+        resource: &str,
+        field: impl Into<String>,
+        message: impl ToString,
+    ) -> Self {
         Self::InvalidField {
             resource: resource.to_string(),
             field: field.into(),

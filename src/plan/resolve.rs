@@ -88,7 +88,11 @@ fn column(resource: &str, field: String, value: &str) -> Result<String, PlanErro
 }
 
 fn source(resource: &str, spec: &TableSource, engine: Engine) -> Result<Source, PlanError> {
-    let set = [spec.table.is_some(), spec.sql.is_some(), spec.files.is_some()];
+    let set = [
+        spec.table.is_some(),
+        spec.sql.is_some(),
+        spec.files.is_some(),
+    ];
     if set.iter().filter(|s| **s).count() != 1 {
         return Err(PlanError::invalid(
             resource,
@@ -107,7 +111,11 @@ fn source(resource: &str, spec: &TableSource, engine: Engine) -> Result<Source, 
     }
     let files = spec.files.clone().unwrap_or_default();
     if files.trim().is_empty() {
-        return Err(PlanError::invalid(resource, "spec.source.files", "is empty"));
+        return Err(PlanError::invalid(
+            resource,
+            "spec.source.files",
+            "is empty",
+        ));
     }
     match engine {
         Engine::DuckDb => Ok(Source::Files(files)),
@@ -141,7 +149,12 @@ pub fn resolve(
         .exposure_tables
         .get(&template.exposure_table)
         .ok_or_else(|| {
-            missing(&me, "spec.exposureTable", "ExposureTable", &template.exposure_table)
+            missing(
+                &me,
+                "spec.exposureTable",
+                "ExposureTable",
+                &template.exposure_table,
+            )
         })?;
     let exposure_name = format!("ExposureTable/{}", exposure_table.name_any());
 
@@ -184,8 +197,16 @@ pub fn resolve(
     let exposure = ExposureRead {
         source: source(&exposure_name, &e.source, engine.engine)?,
         entity: column(&exposure_name, "spec.entityColumn".into(), &e.entity_column)?,
-        timestamp: column(&exposure_name, "spec.timestampColumn".into(), &e.timestamp_column)?,
-        variant: column(&exposure_name, "spec.variantColumn".into(), &e.variant_column)?,
+        timestamp: column(
+            &exposure_name,
+            "spec.timestampColumn".into(),
+            &e.timestamp_column,
+        )?,
+        variant: column(
+            &exposure_name,
+            "spec.variantColumn".into(),
+            &e.variant_column,
+        )?,
     };
 
     let sides: Vec<(&str, &MetricMeasurement)> = match metric.spec.metric_type {
@@ -208,26 +229,31 @@ pub fn resolve(
     let mut fact_reads: Vec<FactRead> = Vec::new();
     let mut measures = Vec::new();
     for (field, side) in sides {
-        let fact = catalog
-            .fact_tables
-            .get(&side.fact_table)
-            .ok_or_else(|| {
-                missing(&metric_name, &format!("{field}.factTable"), "FactTable", &side.fact_table)
-            })?;
+        let fact = catalog.fact_tables.get(&side.fact_table).ok_or_else(|| {
+            missing(
+                &metric_name,
+                &format!("{field}.factTable"),
+                "FactTable",
+                &side.fact_table,
+            )
+        })?;
         let fact_name = format!("FactTable/{}", fact.name_any());
         same_warehouse(&fact_name, &fact.spec.warehouse)?;
         let filter = match &side.filter {
             Some(filter) => {
-                check_fragment(filter).map_err(|e| {
-                    PlanError::invalid(&metric_name, format!("{field}.filter"), e)
-                })?;
+                check_fragment(filter)
+                    .map_err(|e| PlanError::invalid(&metric_name, format!("{field}.filter"), e))?;
                 Some(filter.clone())
             }
             None => None,
         };
         let read = FactRead {
             source: source(&fact_name, &fact.spec.source, engine.engine)?,
-            entity: column(&fact_name, "spec.entityColumn".into(), &fact.spec.entity_column)?,
+            entity: column(
+                &fact_name,
+                "spec.entityColumn".into(),
+                &fact.spec.entity_column,
+            )?,
             timestamp: column(
                 &fact_name,
                 "spec.timestampColumn".into(),
@@ -251,15 +277,23 @@ pub fn resolve(
                     .enumerate()
                     .find(|(_, m)| &m.name == name)
                     .ok_or_else(|| {
-                        let known: Vec<&str> =
-                            fact.spec.measurements.iter().map(|m| m.name.as_str()).collect();
+                        let known: Vec<&str> = fact
+                            .spec
+                            .measurements
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect();
                         PlanError::invalid(
                             &metric_name,
                             format!("{field}.measurement"),
                             format!(
                                 "FactTable {} declares no measurement {name:?} (declared: {})",
                                 fact.name_any(),
-                                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
                             ),
                         )
                     })?;
@@ -274,18 +308,29 @@ pub fn resolve(
                 return Err(PlanError::invalid(
                     &metric_name,
                     format!("{field}.measurement"),
-                    format!("required for aggregation {:?} (only Count may omit it)", side.aggregation),
+                    format!(
+                        "required for aggregation {:?} (only Count may omit it)",
+                        side.aggregation
+                    ),
                 ));
             }
         };
         if let Some(cap) = &side.cap {
             if cap.min.is_none() && cap.max.is_none() {
-                return Err(PlanError::invalid(&metric_name, format!("{field}.cap"), "set min, max or both"));
+                return Err(PlanError::invalid(
+                    &metric_name,
+                    format!("{field}.cap"),
+                    "set min, max or both",
+                ));
             }
             if let (Some(min), Some(max)) = (cap.min, cap.max)
                 && min > max
             {
-                return Err(PlanError::invalid(&metric_name, format!("{field}.cap"), "min must not exceed max"));
+                return Err(PlanError::invalid(
+                    &metric_name,
+                    format!("{field}.cap"),
+                    "min must not exceed max",
+                ));
             }
         }
         measures.push(Measure {
@@ -317,7 +362,11 @@ pub fn resolve(
     let start = spec.start_time.0;
     let end = spec.end_time.0;
     if end <= start {
-        return Err(PlanError::invalid(&me, "spec.endTime", "must be after spec.startTime"));
+        return Err(PlanError::invalid(
+            &me,
+            "spec.endTime",
+            "must be after spec.startTime",
+        ));
     }
     let exposure_end = match &spec.exposure_end_time {
         Some(t) if t.0 <= start || t.0 > end => {
@@ -331,9 +380,9 @@ pub fn resolve(
         None => end,
     };
     let fact_start = match pre_exposure_window {
-        Some(pre) => start
-            .checked_sub(pre)
-            .map_err(|e| PlanError::invalid(&metric_name, "spec.varianceReduction.preExposureWindow", e))?,
+        Some(pre) => start.checked_sub(pre).map_err(|e| {
+            PlanError::invalid(&metric_name, "spec.varianceReduction.preExposureWindow", e)
+        })?,
         None => start,
     };
 
@@ -343,7 +392,12 @@ pub fn resolve(
         let from = match &split.dimension_table {
             Some(table_name) => {
                 let table = catalog.dimension_tables.get(table_name).ok_or_else(|| {
-                    missing(&me, &format!("{field}.dimensionTable"), "DimensionTable", table_name)
+                    missing(
+                        &me,
+                        &format!("{field}.dimensionTable"),
+                        "DimensionTable",
+                        table_name,
+                    )
                 })?;
                 let table_ref = format!("DimensionTable/{}", table.name_any());
                 same_warehouse(&table_ref, &table.spec.warehouse)?;
@@ -357,13 +411,24 @@ pub fn resolve(
                         PlanError::invalid(
                             &me,
                             format!("{field}.name"),
-                            format!("DimensionTable {table_name} declares no dimension {:?}", split.name),
+                            format!(
+                                "DimensionTable {table_name} declares no dimension {:?}",
+                                split.name
+                            ),
                         )
                     })?;
                 DimensionFrom::Table {
                     source: source(&table_ref, &table.spec.source, engine.engine)?,
-                    entity: column(&table_ref, "spec.entityColumn".into(), &table.spec.entity_column)?,
-                    column: column(&table_ref, format!("spec.dimensions[{index}].column"), declared.column())?,
+                    entity: column(
+                        &table_ref,
+                        "spec.entityColumn".into(),
+                        &table.spec.entity_column,
+                    )?,
+                    column: column(
+                        &table_ref,
+                        format!("spec.dimensions[{index}].column"),
+                        declared.column(),
+                    )?,
                     timestamp: table
                         .spec
                         .timestamp_column
@@ -390,12 +455,20 @@ pub fn resolve(
                         )
                     })?;
                 DimensionFrom::Exposure {
-                    column: column(&exposure_name, format!("spec.dimensions[{index}].column"), declared.column())?,
+                    column: column(
+                        &exposure_name,
+                        format!("spec.dimensions[{index}].column"),
+                        declared.column(),
+                    )?,
                 }
             }
         };
         if dimensions.iter().any(|d: &Dimension| d.name == split.name) {
-            return Err(PlanError::invalid(&me, format!("{field}.name"), "is listed twice"));
+            return Err(PlanError::invalid(
+                &me,
+                format!("{field}.name"),
+                "is listed twice",
+            ));
         }
         dimensions.push(Dimension {
             name: split.name.clone(),
@@ -404,7 +477,11 @@ pub fn resolve(
     }
 
     if let Some(i) = template.exposure_groups.iter().position(|g| g.is_empty()) {
-        return Err(PlanError::invalid(&me, format!("spec.exposureGroups[{i}]"), "is empty"));
+        return Err(PlanError::invalid(
+            &me,
+            format!("spec.exposureGroups[{i}]"),
+            "is empty",
+        ));
     }
 
     Ok(ResolvedCalculation {
@@ -431,4 +508,3 @@ pub fn resolve(
         },
     })
 }
-

@@ -147,7 +147,9 @@ pub fn read_buckets(
                     .and_then(|i| layout.dimensions.get(i))
                     .ok_or(RowError::UnknownDimension(i))?
                     .clone(),
-                value: row.text("dimension_value")?.unwrap_or_else(|| "(null)".into()),
+                value: row
+                    .text("dimension_value")?
+                    .unwrap_or_else(|| "(null)".into()),
             }),
         };
         let values = if layout.ratio {

@@ -32,7 +32,10 @@ pub fn quote_literal(text: &str) -> String {
 }
 
 fn qualified(name: &str) -> String {
-    name.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn timestamp(t: Timestamp) -> String {
@@ -86,10 +89,16 @@ fn transformed(measure: &Measure, raw: &str) -> String {
     if measure.cap_min.is_some() || measure.cap_max.is_some() {
         let mut capped = value.clone();
         if let Some(min) = measure.cap_min {
-            capped = format!("CASE WHEN {capped} < {m} THEN {m} ELSE {capped} END", m = float(min));
+            capped = format!(
+                "CASE WHEN {capped} < {m} THEN {m} ELSE {capped} END",
+                m = float(min)
+            );
         }
         if let Some(max) = measure.cap_max {
-            capped = format!("CASE WHEN {capped} > {m} THEN {m} ELSE {capped} END", m = float(max));
+            capped = format!(
+                "CASE WHEN {capped} > {m} THEN {m} ELSE {capped} END",
+                m = float(max)
+            );
         }
         value = capped;
     }
@@ -136,7 +145,11 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     let mut dims_first = String::new();
     for (i, d) in c.dimensions.iter().enumerate() {
         if let DimensionFrom::Exposure { column } = &d.from {
-            let _ = write!(dims_select, ",\n    CAST({} AS VARCHAR) AS dim_{i}", quote_ident(column));
+            let _ = write!(
+                dims_select,
+                ",\n    CAST({} AS VARCHAR) AS dim_{i}",
+                quote_ident(column)
+            );
             // arg_min_null keeps a null value of the first row instead of skipping it.
             let _ = write!(dims_first, ",\n    arg_min_null(dim_{i}, ts) AS dim_{i}");
         }
@@ -187,7 +200,11 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     // 3. Facts per read, aggregated per entity over the pre and post windows.
     let qualify = |expr: &str| expr.replace("first_exposure", "e.first_exposure");
     let post_window = match &post_end {
-        Some(end) => format!("f.ts >= {} AND f.ts < {}", qualify(&post_start), qualify(end)),
+        Some(end) => format!(
+            "f.ts >= {} AND f.ts < {}",
+            qualify(&post_start),
+            qualify(end)
+        ),
         None => format!("f.ts >= {}", qualify(&post_start)),
     };
     let pre_window = c.pre_exposure_window.map(|pre| {
@@ -291,7 +308,10 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 let _ = write!(columns, ",\n    coalesce(e.dim_{i}, '(null)') AS dim_{i}");
             }
             DimensionFrom::Table { .. } => {
-                let _ = write!(columns, ",\n    coalesce(dimension_{i}.value, '(null)') AS dim_{i}");
+                let _ = write!(
+                    columns,
+                    ",\n    coalesce(dimension_{i}.value, '(null)') AS dim_{i}"
+                );
                 let _ = write!(
                     joins,
                     "\n  LEFT JOIN dimension_{i} ON dimension_{i}.entity = e.entity"
@@ -300,7 +320,10 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         }
     }
     for r in 0..c.fact_reads.len() {
-        let _ = write!(joins, "\n  LEFT JOIN entity_facts_{r} AS f{r} ON f{r}.entity = e.entity");
+        let _ = write!(
+            joins,
+            "\n  LEFT JOIN entity_facts_{r} AS f{r} ON f{r}.entity = e.entity"
+        );
     }
     let mut phases = vec!["post"];
     if cuped {
@@ -345,7 +368,10 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let post_values: Vec<String> = measure_indices.iter().map(|m| format!("post_value{m}")).collect();
+    let post_values: Vec<String> = measure_indices
+        .iter()
+        .map(|m| format!("post_value{m}"))
+        .collect();
     let post_present = all_present("post");
     let mut aggregates = format!(
         "count(*) AS entities,\n    count(*) FILTER (WHERE {}) AS count_missing,\n    sum({}) AS count_missing_rows",
@@ -361,8 +387,10 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             null_rows("pre"),
         );
         // Pre values first, then post: [x, y] or [a, b, y, d].
-        let mut variables: Vec<String> =
-            measure_indices.iter().map(|m| format!("pre_value{m}")).collect();
+        let mut variables: Vec<String> = measure_indices
+            .iter()
+            .map(|m| format!("pre_value{m}"))
+            .collect();
         variables.extend(post_values.iter().cloned());
         let both = format!("{post_present} AND {}", all_present("pre"));
         moments(&mut aggregates, "pre", &variables, &both);

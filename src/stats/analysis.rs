@@ -148,7 +148,8 @@ fn cuped_effect(
     };
     let se = (|| {
         Some(
-            (adjusted_variance(post_t, t)? / t.n as f64 + adjusted_variance(post_c, c)? / c.n as f64)
+            (adjusted_variance(post_t, t)? / t.n as f64
+                + adjusted_variance(post_c, c)? / c.n as f64)
                 .sqrt(),
         )
     })();

@@ -82,7 +82,10 @@ mod tests {
     fn chi_square_against_closed_forms() {
         // dof 2: survival is exp(−x/2).
         for x in [0.1, 1.0, 5.0, 30.0] {
-            assert!(close(chi_square_survival(x, 2.0), (-x / 2.0f64).exp()), "x={x}");
+            assert!(
+                close(chi_square_survival(x, 2.0), (-x / 2.0f64).exp()),
+                "x={x}"
+            );
         }
         // dof 1: survival is erfc(√(x/2)).
         for x in [0.01, 0.5, 2.0, 9.0] {

@@ -10,6 +10,6 @@ mod moments;
 pub mod summary;
 
 pub use analysis::{AnalysisInput, analyse};
-pub use distribution::{chi_square_survival, normal_two_sided_p, Z_975};
+pub use distribution::{Z_975, chi_square_survival, normal_two_sided_p};
 pub use moments::Moments;
 pub use summary::{BucketMoments, BucketSums, CupedSums, MeasureShape, summarise};

@@ -21,6 +21,8 @@ impl<const K: usize> Default for Moments<K> {
 impl<const K: usize> Moments<K> {
     /// Moments from n, the sums and the upper triangle of the products
     /// (row by row: 00, 01, …, 0K, 11, 12, …), the order SQL results use.
+    // Filling a symmetric matrix indexes it by (i, j) and (j, i): a range loop is clearest.
+    #[allow(clippy::needless_range_loop)]
     pub fn from_upper_triangle(n: i64, sums: [f64; K], upper: &[f64]) -> Self {
         let mut products = [[0.0; K]; K];
         let mut next = upper.iter().copied();
@@ -128,7 +130,8 @@ mod tests {
 
     #[test]
     fn upper_triangle_layout() {
-        let m = Moments::<3>::from_upper_triangle(2, [1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let m =
+            Moments::<3>::from_upper_triangle(2, [1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(m.products[0], [1.0, 2.0, 3.0]);
         assert_eq!(m.products[1], [2.0, 4.0, 5.0]);
         assert_eq!(m.products[2], [3.0, 5.0, 6.0]);

@@ -166,20 +166,39 @@ mod tests {
                 }),
             },
         };
-        let stats = summarise(&bucket).summary_stats.average_summary_stats.unwrap();
-        assert_eq!((stats.count, stats.count_missing, stats.count_missing_rows), (3, 1, 2));
-        assert_eq!((stats.sum, stats.sum_of_squares, stats.mean), (9.0, 41.0, Some(3.0)));
+        let stats = summarise(&bucket)
+            .summary_stats
+            .average_summary_stats
+            .unwrap();
+        assert_eq!(
+            (stats.count, stats.count_missing, stats.count_missing_rows),
+            (3, 1, 2)
+        );
+        assert_eq!(
+            (stats.sum, stats.sum_of_squares, stats.mean),
+            (9.0, 41.0, Some(3.0))
+        );
         assert_eq!(stats.variance, Some(7.0));
         let vr = stats.variance_reduction_stats.unwrap();
-        assert_eq!((vr.count, vr.post_count, vr.sum, vr.post_sum), (2, 2, 3.0, 7.0));
+        assert_eq!(
+            (vr.count, vr.post_count, vr.sum, vr.post_sum),
+            (2, 2, 3.0, 7.0)
+        );
         assert_eq!((vr.sum_of_squares, vr.sum_of_products), (9.0, 18.0));
-        assert_eq!((vr.mean, vr.variance, vr.covariance), (Some(1.5), Some(4.5), Some(7.5)));
+        assert_eq!(
+            (vr.mean, vr.variance, vr.covariance),
+            (Some(1.5), Some(4.5), Some(7.5))
+        );
     }
 
     #[test]
     fn ratio_cuped_names_follow_the_api() {
         // One entity per row: a, b, y, d.
-        let rows = [[1.0, 2.0, 3.0, 4.0], [2.0, 5.0, 1.0, 1.0], [0.0, 1.0, 2.0, 2.0]];
+        let rows = [
+            [1.0, 2.0, 3.0, 4.0],
+            [2.0, 5.0, 1.0, 1.0],
+            [0.0, 1.0, 2.0, 2.0],
+        ];
         let bucket = BucketSums {
             variant: "t".into(),
             dimension: Some(DimensionValue {
@@ -201,7 +220,14 @@ mod tests {
         let out = summarise(&bucket);
         assert_eq!(out.dimensions.len(), 1);
         let ratio = out.summary_stats.ratio_summary_stats.unwrap();
-        assert_eq!((ratio.numerator_sum, ratio.denominator_sum, ratio.sum_of_products), (6.0, 7.0, 17.0));
+        assert_eq!(
+            (
+                ratio.numerator_sum,
+                ratio.denominator_sum,
+                ratio.sum_of_products
+            ),
+            (6.0, 7.0, 17.0)
+        );
         let vr = ratio.variance_reduction_stats.unwrap();
         assert_eq!((vr.numerator_sum, vr.denominator_sum), (3.0, 8.0));
         assert_eq!((vr.post_numerator_sum, vr.post_denominator_sum), (6.0, 7.0));

@@ -100,12 +100,22 @@ fn compare(path: &str, expected: &Value, actual: &Value, problems: &mut Vec<Stri
             };
             for (i, item) in items.iter().enumerate() {
                 let found = match keyed(item) {
-                    Some(key) => actual_items.iter().find(|a| keyed(a).as_deref() == Some(&key)),
+                    Some(key) => actual_items
+                        .iter()
+                        .find(|a| keyed(a).as_deref() == Some(&key)),
                     None => actual_items.get(i),
                 };
                 match found {
-                    Some(found) => compare(&format!("{path}[{}]", keyed(item).unwrap_or(i.to_string())), item, found, problems),
-                    None => problems.push(format!("{path}: no item matching {}", keyed(item).unwrap_or_default())),
+                    Some(found) => compare(
+                        &format!("{path}[{}]", keyed(item).unwrap_or(i.to_string())),
+                        item,
+                        found,
+                        problems,
+                    ),
+                    None => problems.push(format!(
+                        "{path}: no item matching {}",
+                        keyed(item).unwrap_or_default()
+                    )),
                 }
             }
         }
@@ -116,9 +126,9 @@ fn compare(path: &str, expected: &Value, actual: &Value, problems: &mut Vec<Stri
                 return;
             };
             match tolerance(path) {
-                None if expected != actual => {
-                    problems.push(format!("{path}: expected exactly {expected}, found {actual}"))
-                }
+                None if expected != actual => problems.push(format!(
+                    "{path}: expected exactly {expected}, found {actual}"
+                )),
                 Some(tol) if !close(path, expected, actual, tol) => problems.push(format!(
                     "{path}: expected {expected}, found {actual} (relative tolerance {tol:e})"
                 )),

@@ -18,6 +18,7 @@
 //! See README.md for what is (and is not) emulated.
 
 pub mod defaults;
+pub mod deployments;
 pub mod discovery;
 pub mod error;
 pub mod faults;
@@ -210,6 +211,7 @@ impl Emulator {
         let tasks = vec![
             tokio::spawn(serve(listener, ctx, shutdown_rx.clone())),
             tokio::spawn(gc::run(store.clone(), shutdown_rx.clone())),
+            tokio::spawn(deployments::run(store.clone(), shutdown_rx.clone())),
             tokio::spawn(jobs::run_job_controller(
                 store.clone(),
                 b.job_backoff,

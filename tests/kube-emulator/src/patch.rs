@@ -424,10 +424,13 @@ pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     Value::Object(root)
 }
 
-/// Decodes `fieldsV1` back into leaf paths (`.` entries are ignored).
+/// Decodes `fieldsV1` back into paths (a `.` entry owns its node itself).
 pub fn from_fields_v1(v: &Value) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     fn walk(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+        if v.get(".").is_some() && !path.is_empty() {
+            out.insert(path.clone());
+        }
         let children: Vec<(&String, &Value)> = v
             .as_object()
             .map(|m| {

@@ -354,3 +354,90 @@ async fn get_watch_sees_changes() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rollout_runs_pods() {
+    if skip_without_kubectl() {
+        return;
+    }
+    let emu = Emulator::start().await.unwrap();
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - {name: main, image: v1, command: [sh, -c, 'sleep 60']}\n";
+    run_stdin(&emu, &["apply", "-f", "-"], deployment).await;
+    assert!(
+        run(
+            &emu,
+            &["rollout", "status", "deployment/d", "--timeout=20s"]
+        )
+        .await
+        .contains("successfully rolled out")
+    );
+    let running = run(
+        &emu,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=d",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    )
+    .await;
+    assert_eq!(running, "Running Running");
+    let before = run(
+        &emu,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=d",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .await;
+    // A template change replaces the Pods.
+    run(&emu, &["set", "image", "deployment/d", "main=v2"]).await;
+    eventually(20, "pods replaced", || async {
+        let names = kubectl(
+            &emu,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=d",
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+        )
+        .await
+        .stdout;
+        let images = kubectl(
+            &emu,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=d",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ],
+            None,
+        )
+        .await
+        .stdout;
+        (images == "v2 v2" && names.split(' ').all(|n| !before.contains(n))).then_some(())
+    })
+    .await;
+    run(&emu, &["delete", "deployment", "d"]).await;
+    eventually(20, "pods gone", || async {
+        kubectl(&emu, &["get", "pods", "-o", "name"], None)
+            .await
+            .stdout
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}

@@ -151,3 +151,25 @@ spec:
     );
     assert_eq!(via_beta.metadata.namespace, None);
 }
+
+#[tokio::test]
+async fn tally_crds_apply_when_present() {
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds");
+    if !crds.is_dir() {
+        eprintln!("SKIPPED: {} does not exist yet", crds.display());
+        return;
+    }
+    let emu = kube_emulator::Emulator::start().await.unwrap();
+    let applied = emu.apply_path(&crds).unwrap();
+    assert!(!applied.is_empty());
+    let registry = emu.store().registry();
+    for crd in applied {
+        let group = crd["spec"]["group"].as_str().unwrap();
+        let plural = crd["spec"]["names"]["plural"].as_str().unwrap();
+        assert!(
+            registry.get(group, plural).is_some(),
+            "{plural}.{group} served"
+        );
+        assert_eq!(crd["status"]["conditions"][1]["type"], "Established");
+    }
+}
