@@ -145,3 +145,6 @@ pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
         exposure_groups: resolved.exposure_groups.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,259 @@
+//! Unit tests of resolution and SQL generation.
+
+use serde::de::DeserializeOwned;
+
+use super::*;
+use crate::api::{ExposureTable, FactTable, Metric, MetricCalculation};
+
+fn parse<T: DeserializeOwned>(yaml: &str) -> T {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+const EXPOSURES: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {name: exposures, namespace: ns}
+spec:
+  source: {files: /data/exposures.csv}
+  entityColumn: user_id
+  timestampColumn: ts
+  variantColumn: variant
+  dimensions: [{name: platform}]
+"#;
+
+const PURCHASES: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: FactTable
+metadata: {name: purchases, namespace: ns}
+spec:
+  source: {table: analytics.purchases}
+  entityColumn: user_id
+  timestampColumn: ts
+  measurements: [{name: revenue, column: amount}, {name: items}]
+"#;
+
+const REVENUE: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {name: revenue, namespace: ns}
+spec:
+  type: Average
+  average:
+    measurement: {factTable: purchases, measurement: revenue, aggregation: Sum}
+"#;
+
+const CALCULATION: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {name: calc, namespace: ns}
+spec:
+  metric: revenue
+  exposureTable: exposures
+  startTime: "2026-10-15T00:00:00Z"
+  endTime: "2026-11-05T00:00:00Z"
+"#;
+
+fn catalog(exposures: &str, facts: &str, metric: &str) -> Catalog {
+    let mut catalog = Catalog::default();
+    catalog.add_exposure_table(parse::<ExposureTable>(exposures));
+    catalog.add_fact_table(parse::<FactTable>(facts));
+    catalog.add_metric(parse::<Metric>(metric));
+    catalog
+}
+
+fn calculation() -> MetricCalculation {
+    parse(CALCULATION)
+}
+
+fn invalid_field(error: PlanError) -> (String, String, String) {
+    match error {
+        PlanError::InvalidField {
+            resource,
+            field,
+            message,
+        } => (resource, field, message),
+        other => panic!("expected InvalidField, got {other}"),
+    }
+}
+
+#[test]
+fn resolves_and_compiles_one_statement() {
+    let resolved = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap();
+    assert_eq!(resolved.calculation, "ns/calc");
+    assert_eq!(resolved.control, "control");
+    let plan = compile(&resolved);
+    assert!(!plan.sql.contains(';'), "one statement");
+    assert!(plan.sql.contains("FROM \"analytics\".\"purchases\""));
+    assert!(plan.sql.contains("read_csv('/data/exposures.csv'"));
+    assert!(plan.sql.contains("CAST(\"amount\" AS DOUBLE)"));
+    assert!(plan.sql.contains("GROUPING SETS ((variant))"));
+    assert_eq!(plan.times.fact_start, plan.times.exposure_start);
+    assert!(!plan.layout.cuped && !plan.layout.ratio);
+}
+
+#[test]
+fn a_column_that_is_not_an_identifier_is_rejected_naming_resource_and_field() {
+    let facts = PURCHASES.replace("column: amount", "column: \"amount; DROP TABLE x\"");
+    let error = resolve(&calculation(), &catalog(EXPOSURES, &facts, REVENUE)).unwrap_err();
+    let (resource, field, message) = invalid_field(error.clone());
+    assert_eq!(resource, "FactTable/purchases");
+    assert_eq!(field, "spec.measurements[0].column");
+    assert!(message.contains("amount; DROP TABLE x"), "{message}");
+    assert_eq!(error.reason(), "InvalidSpec");
+
+    let exposures = EXPOSURES.replace("variantColumn: variant", "variantColumn: \"v\\\" OR 1=1\"");
+    let (resource, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("ExposureTable/exposures", "spec.variantColumn")
+    );
+
+    let facts = PURCHASES.replace(
+        "table: analytics.purchases",
+        "table: \"purchases; DELETE FROM t\"",
+    );
+    let (resource, field, _) =
+        invalid_field(resolve(&calculation(), &catalog(EXPOSURES, &facts, REVENUE)).unwrap_err());
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("FactTable/purchases", "spec.source.table")
+    );
+}
+
+#[test]
+fn sql_fragments_cannot_escape_their_parentheses() {
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"1=1) UNION SELECT * FROM secrets WHERE (1=1\"}",
+    );
+    let (resource, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("Metric/revenue", "spec.average.measurement.filter")
+    );
+
+    let exposures = EXPOSURES.replace(
+        "files: /data/exposures.csv",
+        "sql: \"SELECT * FROM t; DROP TABLE t\"",
+    );
+    let (_, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.source.sql");
+
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"items >= 3\"}",
+    );
+    let plan = compile(&resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap());
+    assert!(plan.sql.contains("WHERE (items >= 3) AND"));
+}
+
+#[test]
+fn string_literals_are_escaped() {
+    let mut calc = calculation();
+    calc.spec.calculation.exposure_groups = vec!["control".into(), "it's".into()];
+    let plan = compile(&resolve(&calc, &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap());
+    assert!(plan.sql.contains("variant IN ('control', 'it''s')"));
+    let exposures = EXPOSURES.replace("/data/exposures.csv", "/data/o'brien.csv");
+    let plan = compile(&resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap());
+    assert!(plan.sql.contains("read_csv('/data/o''brien.csv'"));
+}
+
+#[test]
+fn missing_references_name_what_is_missing() {
+    let catalog = catalog(EXPOSURES, PURCHASES, REVENUE);
+    let mut calc = calculation();
+    calc.spec.calculation.metric = "nope".into();
+    let error = resolve(&calc, &catalog).unwrap_err();
+    assert_eq!(error.reason(), "MissingReference");
+    assert_eq!(
+        error.to_string(),
+        "MetricCalculation/calc: spec.metric refers to Metric \"nope\", which does not exist in this namespace; create it or fix the name"
+    );
+    let metric = REVENUE.replace("factTable: purchases", "factTable: orders");
+    let error = resolve(
+        &calculation(),
+        &super::tests::catalog(EXPOSURES, PURCHASES, &metric),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, PlanError::MissingReference { referrer, field, kind: "FactTable", name }
+        if referrer == "Metric/revenue" && field == "spec.average.measurement.factTable" && name == "orders")
+    );
+    let mut calc = calculation();
+    calc.spec.calculation.warehouse = Some("dwh".into());
+    assert!(matches!(
+        resolve(&calc, &catalog).unwrap_err(),
+        PlanError::MissingReference {
+            kind: "Warehouse",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn undeclared_measurements_and_dimensions_are_errors() {
+    let metric = REVENUE.replace("measurement: revenue", "measurement: profit");
+    let (_, field, message) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.average.measurement.measurement");
+    assert!(message.contains("declared: revenue, items"), "{message}");
+
+    let mut calc = calculation();
+    calc.spec.calculation.split_dimensions = vec![crate::api::SplitDimension {
+        name: "country".into(),
+        dimension_table: None,
+    }];
+    let (_, field, _) =
+        invalid_field(resolve(&calc, &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap_err());
+    assert_eq!(field, "spec.splitDimensions[0].name");
+}
+
+#[test]
+fn times_are_checked_and_cuped_moves_the_fact_start() {
+    let mut calc = calculation();
+    calc.spec.end_time = calc.spec.start_time.clone();
+    let (_, field, _) =
+        invalid_field(resolve(&calc, &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap_err());
+    assert_eq!(field, "spec.endTime");
+
+    let metric = format!(
+        "{REVENUE}  varianceReduction: {{preExposureWindow: 14d}}\n  window: {{offset: 1h, length: 7d}}\n"
+    );
+    let plan = compile(&resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap());
+    assert_eq!(plan.times.fact_start.to_string(), "2026-10-01T00:00:00Z");
+    assert!(plan.layout.cuped);
+    // The closed window keeps only complete entities, and pre/post windows share one join.
+    assert!(plan.sql.contains(
+        "first_exposure + to_microseconds(608400000000::BIGINT) <= TIMESTAMP '2026-11-05 00:00:00'"
+    ));
+    assert_eq!(plan.sql.matches("JOIN facts_0").count(), 1);
+}
+
+#[test]
+fn numerator_and_denominator_on_one_table_share_a_scan() {
+    let metric = r#"
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {name: revenue, namespace: ns}
+spec:
+  type: Ratio
+  ratio:
+    numerator: {factTable: purchases, measurement: revenue, aggregation: Sum}
+    denominator: {factTable: purchases, aggregation: Count}
+"#;
+    let resolved = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, metric)).unwrap();
+    assert_eq!(resolved.fact_reads.len(), 1);
+    let plan = compile(&resolved);
+    assert!(plan.layout.ratio);
+    assert_eq!(
+        plan.sql.matches("FROM \"analytics\".\"purchases\"").count(),
+        1
+    );
+}

@@ -1,0 +1,262 @@
+//! `tally run`, `tally sql` and `tally crds` as a user runs them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+mod common;
+
+fn tally(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .output()
+        .expect("run tally")
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/checkout-experiment")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn the_example_runs_and_prints_a_table_per_calculation() {
+    let output = tally(&["run", "-f", example().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for name in [
+        "checkout-revenue",
+        "checkout-conversion",
+        "checkout-order-value",
+        "checkout-max-basket",
+    ] {
+        assert!(
+            text.contains(&format!("MetricCalculation default/{name}")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("(control)"));
+    assert!(
+        text.contains("entities were exposed to more than one variant"),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_and_yaml_print_the_status_the_controller_writes() {
+    let output = tally(&["run", "-f", example().to_str().unwrap(), "-o", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let items: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(items.len(), 4);
+    for item in &items {
+        let status = &item["status"];
+        assert_eq!(status["state"], "Completed");
+        assert!(status["sql"].as_str().unwrap().starts_with("WITH"));
+        assert!(status["analysis"]["sampleRatioMismatch"]["pValue"].is_number());
+        assert!(
+            !status["metricResults"]["metricBucketStats"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let revenue = items
+        .iter()
+        .find(|i| i["metadata"]["name"] == "checkout-revenue")
+        .unwrap();
+    let buckets = revenue["status"]["metricResults"]["metricBucketStats"]
+        .as_array()
+        .unwrap();
+    let dimensions: std::collections::BTreeSet<&str> = buckets
+        .iter()
+        .filter_map(|b| {
+            b["dimensions"]
+                .get(0)
+                .map(|d| d["dimension"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(dimensions, ["country", "platform"].into());
+    assert!(
+        buckets[0]["summaryStats"]["averageSummaryStats"]["varianceReductionStats"].is_object()
+    );
+    assert!(revenue["status"]["analysis"]["comparisons"][0]["theta"].is_number());
+
+    let yaml = tally(&["run", "-f", example().to_str().unwrap(), "-o", "yaml"]);
+    assert!(yaml.status.success());
+    let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout(&yaml))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(documents.len(), 4);
+    let from_yaml: Value = serde_json::to_value(&documents[0]).unwrap();
+    let name = &from_yaml["metadata"]["name"];
+    let from_json = items
+        .iter()
+        .find(|i| &i["metadata"]["name"] == name)
+        .unwrap();
+    // Two runs; DuckDB's parallel sums may differ in the last bits, within tolerance.
+    let differences = common::compare_to_expected(&from_json["status"], &from_yaml["status"]);
+    assert!(differences.is_empty(), "{differences:#?}");
+}
+
+#[test]
+fn sql_prints_one_statement_per_calculation() {
+    let output = tally(&[
+        "sql",
+        "-f",
+        example().join("calculations.yaml").to_str().unwrap(),
+        "-f",
+        example().to_str().unwrap(),
+    ]);
+    // The calculations file loaded twice defines every calculation twice.
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is defined twice"),
+        "{}",
+        stderr(&output)
+    );
+    let output = tally(&["sql", "-f", example().to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).matches("-- MetricCalculation").count(), 4);
+}
+
+#[test]
+fn crds_output_matches_the_checked_in_files() {
+    let output = tally(&["crds"]);
+    assert!(output.status.success());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(stdout(&output).contains(&text));
+    }
+}
+
+/// A copy of the example with one file changed, in a fresh temporary directory.
+fn broken_example(file: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-cli-{}-{}",
+        std::process::id(),
+        file.replace('.', "-")
+            + &format!("{:?}", std::time::Instant::now()).replace(['.', ' ', ':'], "")
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in [
+        "warehouse.yaml",
+        "tables.yaml",
+        "metrics.yaml",
+        "calculations.yaml",
+    ] {
+        let text = std::fs::read_to_string(example().join(name)).unwrap();
+        let text = if name == file { edit(text) } else { text };
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    std::os::unix::fs::symlink(example().join("data"), dir.join("data")).unwrap();
+    dir
+}
+
+fn assert_fails_with(dir: &Path, needles: &[&str]) {
+    let output = tally(&["run", "-f", dir.to_str().unwrap()]);
+    assert!(!output.status.success(), "should fail");
+    assert!(
+        stdout(&output).is_empty(),
+        "no partial output: {}",
+        stdout(&output)
+    );
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "one message: {message}");
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn an_unknown_reference_names_the_file_resource_and_field() {
+    let dir = broken_example("calculations.yaml", |t| {
+        t.replacen("metric: revenue-per-user", "metric: revenue-per-usr", 1)
+    });
+    assert_fails_with(
+        &dir,
+        &[
+            "calculations.yaml",
+            "MetricCalculation/checkout-revenue",
+            "spec.metric",
+            "revenue-per-usr",
+        ],
+    );
+}
+
+#[test]
+fn an_invalid_field_names_the_file_resource_and_field() {
+    let dir = broken_example("metrics.yaml", |t| t.replace("length: 7d", "length: 0d"));
+    assert_fails_with(
+        &dir,
+        &[
+            "metrics.yaml",
+            "Metric/conversion-7d",
+            "spec.window.length",
+            "greater than zero",
+        ],
+    );
+    let dir = broken_example("metrics.yaml", |t| {
+        t.replace("aggregation: Max", "aggregation: Maximum")
+    });
+    assert_fails_with(
+        &dir,
+        &[
+            "metrics.yaml",
+            "Metric/max-basket-items",
+            "spec.average.measurement.aggregation",
+        ],
+    );
+    let dir = broken_example("tables.yaml", |t| {
+        t.replace("column: amount", "column: \"amount; DROP TABLE x\"")
+    });
+    assert_fails_with(
+        &dir,
+        &[
+            "FactTable/purchases",
+            "spec.measurements[0].column",
+            "amount; DROP TABLE x",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_data_file_is_reported_before_anything_runs() {
+    let dir = broken_example("tables.yaml", |t| {
+        t.replace("data/users.csv.gz", "data/people.csv.gz")
+    });
+    assert_fails_with(
+        &dir,
+        &[
+            "tables.yaml",
+            "DimensionTable/users",
+            "spec.source.files",
+            "no such file",
+        ],
+    );
+}
+
+#[test]
+fn invalid_yaml_names_the_file() {
+    let dir = broken_example("warehouse.yaml", |t| {
+        t.replace("engine: duckdb", "engine: [duckdb")
+    });
+    assert_fails_with(&dir, &["warehouse.yaml", "invalid YAML"]);
+}
+
+#[test]
+fn a_missing_manifest_path_is_an_error() {
+    let output = tally(&["run", "-f", "/nonexistent/manifests"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("/nonexistent/manifests"));
+}
