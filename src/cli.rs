@@ -31,6 +31,8 @@ pub enum CliError {
     },
     #[error("no MetricCalculation found in {0}")]
     NothingToRun(String),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
     #[error("could not write {path}: {message}")]
     Write { path: String, message: String },
 }

@@ -1,6 +1,7 @@
 //! Tally: experiment metrics computed in the warehouse, summarised in Kubernetes status.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod manifest;

@@ -33,6 +33,19 @@ enum Command {
         #[arg(long, value_enum, default_value = "duckdb")]
         dialect: Dialect,
     },
+    /// Time calculations against a bare scan of the same data (synthetic Parquet).
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        entities: u64,
+        /// Fact rows; the benchmark also runs half as many.
+        #[arg(long, default_value_t = 20_000_000)]
+        facts: u64,
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+        /// Where to write the data (default: a directory under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
     Crds {
         #[arg(long)]
@@ -54,6 +67,15 @@ fn main() -> ExitCode {
             dialect: Dialect::Duckdb,
         } => cli::sql(&files),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
+        Command::Bench {
+            entities,
+            facts,
+            repeat,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("tally-bench"));
+            tally::bench::run(&dir, entities, facts, repeat).map_err(cli::CliError::from)
+        }
     };
     match output {
         Ok(text) => {

@@ -166,25 +166,31 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     );
     let _ = write!(
         sql,
-        "exposure_entities AS (\n  SELECT entity, min(ts) AS first_exposure, min(variant) AS variant, count(DISTINCT variant) AS variant_count{dims_first}\n  FROM exposure_rows\n  GROUP BY entity\n),\n"
+        "exposure_entities AS (\n  SELECT entity, min(ts) AS first_exposure, min(variant) AS variant, max(variant) AS last_variant{dims_first}\n  FROM exposure_rows\n  GROUP BY entity\n),\n"
     );
 
     // 2. Kept entities.
-    let mut kept = String::from("variant_count = 1");
+    // One variant per entity: its smallest and largest variant agree (cheaper than
+    // counting distinct variants).
+    let mut kept = String::from("variant = last_variant");
     if !c.exposure_groups.is_empty() {
         let groups: Vec<String> = c.exposure_groups.iter().map(|g| quote_literal(g)).collect();
         let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
     }
-    let post_start = format!("first_exposure + {}", interval(c.window_offset));
-    let post_end = match c.window_length {
-        Some(length) => {
-            let end = format!("first_exposure + {}", interval(c.window_offset + length));
-            // A closed window counts only once it is complete.
-            let _ = write!(kept, " AND {end} <= {}", timestamp(t.fact_end));
-            Some(end)
-        }
-        None => None,
-    };
+    // Window bounds are computed once per entity, not once per fact row.
+    let mut bounds = format!(
+        ",\n    first_exposure + {} AS post_start",
+        interval(c.window_offset)
+    );
+    if let Some(length) = c.window_length {
+        let end = format!("first_exposure + {}", interval(c.window_offset + length));
+        // A closed window counts only once it is complete.
+        let _ = write!(kept, " AND {end} <= {}", timestamp(t.fact_end));
+        let _ = write!(bounds, ",\n    {end} AS post_end");
+    }
+    if let Some(pre) = c.pre_exposure_window {
+        let _ = write!(bounds, ",\n    first_exposure - {} AS pre_start", interval(pre));
+    }
     let exposure_dims: String = c
         .dimensions
         .iter()
@@ -194,29 +200,16 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         .collect();
     let _ = write!(
         sql,
-        "exposed AS (\n  SELECT entity, first_exposure, variant{exposure_dims}\n  FROM exposure_entities\n  WHERE {kept}\n),\n"
+        "exposed AS (\n  SELECT entity, first_exposure, variant{exposure_dims}{bounds}\n  FROM exposure_entities\n  WHERE {kept}\n),\n"
     );
 
     // 3. Facts per read, aggregated per entity over the pre and post windows.
-    let qualify = |expr: &str| expr.replace("first_exposure", "e.first_exposure");
-    let post_window = match &post_end {
-        Some(end) => format!(
-            "f.ts >= {} AND f.ts < {}",
-            qualify(&post_start),
-            qualify(end)
-        ),
-        None => format!("f.ts >= {}", qualify(&post_start)),
-    };
-    let pre_window = c.pre_exposure_window.map(|pre| {
-        format!(
-            "f.ts >= e.first_exposure - {} AND f.ts < e.first_exposure",
-            interval(pre)
-        )
-    });
-    let join_start = match c.pre_exposure_window {
-        Some(pre) => format!("e.first_exposure - {}", interval(pre)),
-        None => qualify(&post_start),
-    };
+    let post_end = c.window_length.map(|_| " AND f.ts < e.post_end").unwrap_or_default();
+    let post_window = format!("f.ts >= e.post_start{post_end}");
+    let pre_window = c
+        .pre_exposure_window
+        .map(|_| "f.ts >= e.pre_start AND f.ts < e.first_exposure".to_string());
+    let join_start = if cuped { "e.pre_start" } else { "e.post_start" };
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
         let mut aggregates = String::new();
@@ -261,13 +254,9 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             start = timestamp(t.fact_start),
             end = timestamp(t.fact_end),
         );
-        let join_end = post_end
-            .as_deref()
-            .map(|end| format!(" AND f.ts < {}", qualify(end)))
-            .unwrap_or_default();
         let _ = write!(
             sql,
-            "entity_facts_{r} AS (\n  SELECT e.entity{aggregates}\n  FROM exposed AS e\n  JOIN facts_{r} AS f ON f.entity = e.entity AND f.ts >= {join_start}{join_end}\n  GROUP BY e.entity\n),\n"
+            "entity_facts_{r} AS (\n  SELECT e.entity{aggregates}\n  FROM exposed AS e\n  JOIN facts_{r} AS f ON f.entity = e.entity AND f.ts >= {join_start}{post_end}\n  GROUP BY e.entity\n),\n"
         );
     }
 
@@ -419,7 +408,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     );
     let _ = write!(
         sql,
-        "multiple_variants AS (\n  SELECT count(*) AS multiple_variant_entities FROM exposure_entities WHERE variant_count > 1\n)\nSELECT m.multiple_variant_entities, b.*\nFROM multiple_variants AS m\nLEFT JOIN buckets AS b ON true\nORDER BY b.variant, b.dimension_index, b.dimension_value\n"
+        "multiple_variants AS (\n  SELECT count(*) AS multiple_variant_entities FROM exposure_entities WHERE variant <> last_variant\n)\nSELECT m.multiple_variant_entities, b.*\nFROM multiple_variants AS m\nLEFT JOIN buckets AS b ON true\nORDER BY b.variant, b.dimension_index, b.dimension_value\n"
     );
     sql
 }

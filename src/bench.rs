@@ -1,0 +1,183 @@
+//! `tally bench`: calculation time against a bare scan of the same fact columns.
+//!
+//! Generates synthetic Parquet (N entities, M facts, two variants) with DuckDB, then
+//! times, on the same DuckDB, (a) `SELECT count, sum, max` over the fact columns the
+//! calculation reads and (b) the compiled SQL of an average metric with CUPED and of a
+//! ratio metric. The ratio (b)/(a) is the figure of merit; it is printed for M/2 and M
+//! facts so its growth with data can be seen.
+
+use std::{fmt::Write as _, path::Path, time::Instant};
+
+use crate::api::DuckDbSettings;
+use crate::engine::{self, EngineError};
+use crate::plan::{self, Catalog, CalculationPlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("generating data: {0}")]
+    Generate(EngineError),
+    #[error("running {what}: {error}")]
+    Run { what: String, error: EngineError },
+    #[error("building the benchmark's resources: {0}")]
+    Resources(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+fn sql(statement: &str) -> Result<(), BenchError> {
+    engine::duckdb::run(&DuckDbSettings::default(), statement, |_| {})
+        .map(|_| ())
+        .map_err(BenchError::Generate)
+}
+
+fn quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "''"))
+}
+
+/// Writes exposures (one per entity, over 14 days) and `facts` purchase rows spread
+/// over the 14 days before and the 21 days from the experiment's start.
+fn generate(dir: &Path, entities: u64, facts: u64) -> Result<(), BenchError> {
+    sql(&format!(
+        "COPY (SELECT i AS user_id,
+                 TIMESTAMP '2026-10-15 00:00:00' + to_microseconds(CAST(hash(i) % 1209600000000 AS BIGINT)) AS ts,
+                 CASE WHEN hash(i + 1) % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant
+          FROM range({entities}) t(i))
+         TO {} (FORMAT parquet)",
+        quoted(&dir.join("exposures.parquet"))
+    ))?;
+    sql(&format!(
+        "COPY (SELECT CAST(hash(j) % {entities} AS BIGINT) AS user_id,
+                 TIMESTAMP '2026-10-01 00:00:00' + to_microseconds(CAST(hash(j + 7) % 3024000000000 AS BIGINT)) AS ts,
+                 round(CAST(hash(j + 13) % 10000 AS DOUBLE) / 100, 2) AS amount
+          FROM range({facts}) t(j))
+         TO {} (FORMAT parquet)",
+        quoted(&dir.join("facts.parquet"))
+    ))
+}
+
+fn plans(dir: &Path) -> Result<Vec<(&'static str, CalculationPlan)>, BenchError> {
+    let yaml = format!(
+        r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {{name: exposures, namespace: bench}}
+spec:
+  source: {{files: {exposures}}}
+  entityColumn: user_id
+  timestampColumn: ts
+  variantColumn: variant
+---
+apiVersion: tally.dev/v1alpha1
+kind: FactTable
+metadata: {{name: purchases, namespace: bench}}
+spec:
+  source: {{files: {facts}}}
+  entityColumn: user_id
+  timestampColumn: ts
+  measurements: [{{name: amount}}]
+---
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {{name: revenue-cuped, namespace: bench}}
+spec:
+  type: Average
+  average:
+    measurement: {{factTable: purchases, measurement: amount, aggregation: Sum}}
+  varianceReduction: {{preExposureWindow: 14d}}
+---
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {{name: order-value, namespace: bench}}
+spec:
+  type: Ratio
+  ratio:
+    numerator: {{factTable: purchases, measurement: amount, aggregation: Sum}}
+    denominator: {{factTable: purchases, aggregation: Count}}
+"#,
+        exposures = dir.join("exposures.parquet").display(),
+        facts = dir.join("facts.parquet").display(),
+    );
+    let mut manifests = crate::manifest::Manifests::default();
+    manifests
+        .add_text(&dir.join("bench.yaml"), &yaml)
+        .map_err(|e| BenchError::Resources(e.to_string()))?;
+    let empty = Catalog::default();
+    let catalog = manifests.catalog("bench").unwrap_or(&empty);
+    let mut out = Vec::new();
+    for (label, metric) in [("average + CUPED", "revenue-cuped"), ("ratio", "order-value")] {
+        let calculation: crate::api::MetricCalculation = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {{name: {metric}, namespace: bench}}
+spec:
+  metric: {metric}
+  exposureTable: exposures
+  startTime: "2026-10-15T00:00:00Z"
+  endTime: "2026-11-05T00:00:00Z"
+"#
+        ))
+        .map_err(|e| BenchError::Resources(e.to_string()))?;
+        let resolved =
+            plan::resolve(&calculation, catalog).map_err(|e| BenchError::Resources(e.to_string()))?;
+        out.push((label, plan::compile(&resolved)));
+    }
+    Ok(out)
+}
+
+/// The fastest of `repeat` runs, in seconds.
+fn best_of(repeat: u32, what: &str, statement: &str) -> Result<f64, BenchError> {
+    let mut best = f64::INFINITY;
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        engine::duckdb::run(&DuckDbSettings::default(), statement, |_| {}).map_err(|error| {
+            BenchError::Run {
+                what: what.to_string(),
+                error,
+            }
+        })?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+pub fn run(dir: &Path, entities: u64, facts: u64, repeat: u32) -> Result<String, BenchError> {
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "tally bench: {entities} entities, two variants; best of {repeat} runs; DuckDB with {} threads",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let _ = writeln!(
+        report,
+        "{:>12}  {:<16} {:>10} {:>10} {:>8} {:>12}",
+        "facts", "metric", "scan s", "metric s", "ratio", "ns/fact"
+    );
+    for size in [facts / 2, facts] {
+        let sub = dir.join(format!("facts-{size}"));
+        std::fs::create_dir_all(&sub).map_err(|e| BenchError::Io {
+            path: sub.display().to_string(),
+            message: e.to_string(),
+        })?;
+        generate(&sub, entities, size)?;
+        let scan = best_of(
+            repeat,
+            "the bare scan",
+            &format!(
+                "SELECT count(user_id), sum(amount), CAST(max(ts) AS VARCHAR) FROM read_parquet({})",
+                quoted(&sub.join("facts.parquet"))
+            ),
+        )?;
+        for (label, plan) in plans(&sub)? {
+            let seconds = best_of(repeat, label, &plan.sql)?;
+            let _ = writeln!(
+                report,
+                "{size:>12}  {label:<16} {scan:>10.3} {seconds:>10.3} {:>7.2}x {:>12.1}",
+                seconds / scan,
+                seconds * 1e9 / size as f64
+            );
+        }
+        std::fs::remove_dir_all(&sub).ok();
+    }
+    Ok(report)
+}
