@@ -10,7 +10,7 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 
 use crate::api::DuckDbSettings;
 use crate::engine::{self, EngineError};
-use crate::plan::{self, Catalog, CalculationPlan};
+use crate::plan::{self, CalculationPlan, Catalog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -104,7 +104,10 @@ spec:
     let empty = Catalog::default();
     let catalog = manifests.catalog("bench").unwrap_or(&empty);
     let mut out = Vec::new();
-    for (label, metric) in [("average + CUPED", "revenue-cuped"), ("ratio", "order-value")] {
+    for (label, metric) in [
+        ("average + CUPED", "revenue-cuped"),
+        ("ratio", "order-value"),
+    ] {
         let calculation: crate::api::MetricCalculation = serde_yaml::from_str(&format!(
             r#"
 apiVersion: tally.dev/v1alpha1
@@ -118,8 +121,8 @@ spec:
 "#
         ))
         .map_err(|e| BenchError::Resources(e.to_string()))?;
-        let resolved =
-            plan::resolve(&calculation, catalog).map_err(|e| BenchError::Resources(e.to_string()))?;
+        let resolved = plan::resolve(&calculation, catalog)
+            .map_err(|e| BenchError::Resources(e.to_string()))?;
         out.push((label, plan::compile(&resolved)));
     }
     Ok(out)
@@ -146,7 +149,9 @@ pub fn run(dir: &Path, entities: u64, facts: u64, repeat: u32) -> Result<String,
     let _ = writeln!(
         report,
         "tally bench: {entities} entities, two variants; best of {repeat} runs; DuckDB with {} threads",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
     let _ = writeln!(
         report,

@@ -189,7 +189,11 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         let _ = write!(bounds, ",\n    {end} AS post_end");
     }
     if let Some(pre) = c.pre_exposure_window {
-        let _ = write!(bounds, ",\n    first_exposure - {} AS pre_start", interval(pre));
+        let _ = write!(
+            bounds,
+            ",\n    first_exposure - {} AS pre_start",
+            interval(pre)
+        );
     }
     let exposure_dims: String = c
         .dimensions
@@ -204,7 +208,10 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     );
 
     // 3. Facts per read, aggregated per entity over the pre and post windows.
-    let post_end = c.window_length.map(|_| " AND f.ts < e.post_end").unwrap_or_default();
+    let post_end = c
+        .window_length
+        .map(|_| " AND f.ts < e.post_end")
+        .unwrap_or_default();
     let post_window = format!("f.ts >= e.post_start{post_end}");
     let pre_window = c
         .pre_exposure_window
