@@ -31,8 +31,14 @@ fn setting_error(setting: &'static str) -> impl Fn(duckdb::Error) -> EngineError
     }
 }
 
+/// Dense integer entity ids up to 2^20 (about a million) aggregate into a perfect
+/// hash table instead of a general one; DuckDB's default stops at 2^12.
+const PERFECT_HASH_BITS: &str = "20";
+
 fn open(settings: &DuckDbSettings) -> Result<Connection, EngineError> {
-    let mut config = Config::default();
+    let mut config = Config::default()
+        .with("perfect_ht_threshold", PERFECT_HASH_BITS)
+        .map_err(setting_error("perfect_ht_threshold"))?;
     if let Some(threads) = settings.threads {
         config = config
             .threads(i64::from(threads))

@@ -5,8 +5,11 @@
 //!    distinct variants per entity (for the multiple-variant exclusion and count).
 //! 2. `exposed`: single-variant entities in the exposure groups whose window is complete.
 //! 3. per fact read: `facts_i` (filtered rows in the fact time range) joined once to
-//!    `exposed` on the entity within the union of the pre and post windows, and
-//!    aggregated per entity with `FILTER` clauses for each window (`entity_facts_i`).
+//!    `exposed` on the entity alone and aggregated per entity with a `FILTER` clause
+//!    per window (`entity_facts_i`). Facts are the probe side and the grouping key is
+//!    the fact table's column, whose statistics survive the join: with dense integer
+//!    ids DuckDB then aggregates into a perfect hash table. A range condition in the
+//!    join would cost more than it filters.
 //! 4. `entity_values`: per entity, the raw and transformed (cap, missing, threshold)
 //!    values of every measure, pre and post, and its dimension values.
 //! 5. `buckets`: additive moments per variant with `GROUPING SETS` for the overall and
@@ -71,16 +74,20 @@ fn ts(column: &str) -> String {
     format!("CAST({} AS TIMESTAMP)", quote_ident(column))
 }
 
+/// The per-entity aggregate over one window, NULL when the window holds no value (the
+/// entity is then missing): sums, means and extremes are NULL by themselves, counts
+/// are 0 and become NULL.
 fn aggregate(measure: &Measure, value: &str, window: &str) -> String {
     let f = format!("FILTER (WHERE {window})");
-    match measure.aggregation {
+    let aggregate = match measure.aggregation {
         Aggregation::Sum => format!("sum({value}) {f}"),
-        Aggregation::Count => format!("count({value}) {f}"),
-        Aggregation::CountDistinct => format!("count(DISTINCT {value}) {f}"),
+        Aggregation::Count => format!("nullif(count({value}) {f}, 0)"),
+        Aggregation::CountDistinct => format!("nullif(count(DISTINCT {value}) {f}, 0)"),
         Aggregation::Mean => format!("avg({value}) {f}"),
         Aggregation::Max => format!("max({value}) {f}"),
         Aggregation::Min => format!("min({value}) {f}"),
-    }
+    };
+    format!("CAST({aggregate} AS DOUBLE)")
 }
 
 /// Per-entity value after cap, null handling and threshold, in that order.
@@ -216,7 +223,6 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     let pre_window = c
         .pre_exposure_window
         .map(|_| "f.ts >= e.pre_start AND f.ts < e.first_exposure".to_string());
-    let join_start = if cuped { "e.pre_start" } else { "e.post_start" };
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
         let mut aggregates = String::new();
@@ -238,7 +244,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 let v = format!("f.v{m}");
                 let _ = write!(
                     aggregates,
-                    ",\n    CASE WHEN count({v}) FILTER (WHERE {window}) > 0 THEN CAST({agg} AS DOUBLE) END AS {name}_raw{m}",
+                    ",\n    {agg} AS {name}_raw{m}",
                     agg = aggregate(measure, &v, &window),
                 );
                 let _ = write!(
@@ -263,7 +269,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         );
         let _ = write!(
             sql,
-            "entity_facts_{r} AS (\n  SELECT e.entity{aggregates}\n  FROM exposed AS e\n  JOIN facts_{r} AS f ON f.entity = e.entity AND f.ts >= {join_start}{post_end}\n  GROUP BY e.entity\n),\n"
+            "entity_facts_{r} AS (\n  SELECT f.entity{aggregates}\n  FROM facts_{r} AS f\n  JOIN exposed AS e ON f.entity = e.entity\n  GROUP BY f.entity\n),\n"
         );
     }
 

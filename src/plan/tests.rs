@@ -233,7 +233,12 @@ fn times_are_checked_and_cuped_moves_the_fact_start() {
     assert!(plan.sql.contains(
         "first_exposure + to_microseconds(608400000000::BIGINT) <= TIMESTAMP '2026-11-05 00:00:00'"
     ));
-    assert_eq!(plan.sql.matches("JOIN facts_0").count(), 1);
+    assert_eq!(
+        plan.sql
+            .matches("JOIN exposed AS e ON f.entity = e.entity\n")
+            .count(),
+        1
+    );
 }
 
 #[test]
