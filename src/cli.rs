@@ -142,6 +142,17 @@ pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
     Ok(out)
 }
 
+/// `tally plan`: every calculation's plan, as the JSON a Job receives.
+pub fn plans(paths: &[PathBuf]) -> Result<String, CliError> {
+    let plans: Vec<CalculationPlan> = compile_all(paths)?
+        .into_iter()
+        .map(|(_, plan)| plan)
+        .collect();
+    let mut text = serde_json::to_string_pretty(&plans).unwrap_or_default();
+    text.push('\n');
+    Ok(text)
+}
+
 /// `tally crds`: every CRD as YAML, or one file per kind into a directory.
 pub fn crds(output_dir: Option<&PathBuf>) -> Result<String, CliError> {
     let mut all = String::new();

@@ -8,3 +8,4 @@ pub mod manifest;
 pub mod plan;
 pub mod result;
 pub mod stats;
+pub mod worker;

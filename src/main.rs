@@ -46,6 +46,15 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the plan of every MetricCalculation as JSON: what a calculation's Job
+    /// receives in TALLY_PLAN.
+    Plan {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the plan in TALLY_PLAN and write its result to the ConfigMap of the Job
+    /// TALLY_JOB_NAME in TALLY_NAMESPACE (the entrypoint of calculation Jobs).
+    Worker,
     /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
     Crds {
         #[arg(long)]
@@ -60,6 +69,9 @@ enum Dialect {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Worker = args.command {
+        return worker();
+    }
     let output = match args.command {
         Command::Run { files, output } => cli::run(&files, output),
         Command::Sql {
@@ -67,6 +79,8 @@ fn main() -> ExitCode {
             dialect: Dialect::Duckdb,
         } => cli::sql(&files),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
+        Command::Plan { files } => cli::plans(&files),
+        Command::Worker => unreachable!("handled above"),
         Command::Bench {
             entities,
             facts,
@@ -83,6 +97,30 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn worker() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tally::worker::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tally::worker::report_failure(&error);
             eprintln!("error: {error}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,290 @@
+//! `tally worker` as a Job on the API emulator: the Job contract of DESIGN §4.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMap, Pod},
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
+};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "ghcr.io/example/tally:dev";
+
+/// The `tally` binary next to this test's target directory.
+fn tally_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("tally");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p tally` first",
+        bin.display()
+    );
+    bin
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/checkout-experiment")
+}
+
+fn tally_json(args: &[&str]) -> Value {
+    let output = Command::new(tally_bin()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The plan of one example calculation, as the controller puts it in a Job.
+fn plan(calculation: &str) -> Value {
+    let plans = tally_json(&["plan", "-f", example().to_str().unwrap()]);
+    plans
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["calculation"] == format!("default/{calculation}"))
+        .unwrap()
+        .clone()
+}
+
+fn job(name: &str, plan: &Value) -> Job {
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": {"tally.dev/calculation": name}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 60,
+                "containers": [{
+                    "name": "worker",
+                    "image": IMAGE,
+                    "args": ["worker"],
+                    "env": [
+                        {"name": "TALLY_PLAN", "value": plan.to_string()},
+                        {"name": "TALLY_JOB_NAME", "value": name},
+                        {"name": "TALLY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    ],
+                }],
+            }},
+        }
+    }))
+    .unwrap()
+}
+
+async fn start() -> (kube_emulator::Emulator, Client) {
+    let emulator = kube_emulator::Emulator::builder()
+        .image(IMAGE, tally_bin())
+        .start()
+        .await
+        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    (emulator, Client::try_from(config).unwrap())
+}
+
+async fn wait_for_condition(jobs: &Api<Job>, name: &str, condition: &str) -> Job {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = jobs.get(name).await.unwrap();
+        let done = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == condition && c.status == "True"));
+        if done {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Job {name} never reached {condition}: {:?}",
+            job.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Numbers equal within 1e-9 relative (parallel sums differ in the last bits), the
+/// rest exactly.
+fn assert_close(path: &str, expected: &Value, actual: &Value) {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: fields differ");
+            for (k, v) in e {
+                assert_close(&format!("{path}.{k}"), v, &a[k]);
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: lengths differ");
+            for (i, (e, a)) in e.iter().zip(a).enumerate() {
+                assert_close(&format!("{path}[{i}]"), e, a);
+            }
+        }
+        (Value::Number(e), Value::Number(a)) => {
+            let (e, a) = (e.as_f64().unwrap(), a.as_f64().unwrap());
+            assert!(
+                (e - a).abs() <= 1e-9 * e.abs().max(a.abs()),
+                "{path}: {e} vs {a}"
+            );
+        }
+        _ => assert_eq!(expected, actual, "{path}"),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_job_writes_the_result_that_tally_run_prints() {
+    let (_emulator, client) = start().await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(
+        &PostParams::default(),
+        &job("conversion-1", &plan("checkout-conversion")),
+    )
+    .await
+    .unwrap();
+    let job = wait_for_condition(&jobs, "conversion-1", "Complete").await;
+
+    let config_map = Api::<ConfigMap>::namespaced(client, "default")
+        .get("conversion-1-result")
+        .await
+        .unwrap();
+    let owner = &config_map.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Job", job.metadata.uid.unwrap().as_str())
+    );
+    let result: Value = serde_json::from_str(&config_map.data.unwrap()["result.json"]).unwrap();
+
+    let printed = tally_json(&["run", "-f", example().to_str().unwrap(), "-o", "json"]);
+    let status = &printed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["metadata"]["name"] == "checkout-conversion")
+        .unwrap()["status"];
+    for field in ["times", "metricResults", "analysis"] {
+        assert_close(field, &status[field], &result[field]);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_worker_reports_why_in_its_termination_message() {
+    let (_emulator, client) = start().await;
+    let mut broken = plan("checkout-conversion");
+    let sql = broken["sql"]
+        .as_str()
+        .unwrap()
+        .replace("purchases.csv.gz", "no-such-file.csv.gz");
+    broken["sql"] = json!(sql);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(&PostParams::default(), &job("broken-1", &broken))
+        .await
+        .unwrap();
+    wait_for_condition(&jobs, "broken-1", "Failed").await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = pods
+        .list(&ListParams::default().labels("job-name=broken-1"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let terminated = pod.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_ne!(terminated.exit_code, 0);
+    let message = terminated.message.unwrap_or_default();
+    assert!(
+        message.contains("the warehouse query failed") && message.contains("no-such-file.csv.gz"),
+        "{message}"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client, "default")
+            .get_opt("broken-1-result")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_job_interrupts_the_query_promptly() {
+    let (_emulator, client) = start().await;
+    let mut slow = plan("checkout-conversion");
+    // A scan that would run for many minutes.
+    slow["sql"] =
+        json!("SELECT count(*) AS n FROM range(1000000000000) AS a(i) WHERE hash(i) % 7 = 3");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    jobs.create(&PostParams::default(), &job("slow-1", &slow))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("job-name=slow-1"))
+            .await
+            .unwrap();
+        if list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        {
+            break;
+        }
+        assert!(Instant::now() < running, "the worker never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = pods
+        .list(&ListParams::default().labels("job-name=slow-1"))
+        .await
+        .unwrap();
+    let phase = list.items[0].status.as_ref().and_then(|s| s.phase.clone());
+    assert_eq!(
+        phase.as_deref(),
+        Some("Running"),
+        "the query should still be running"
+    );
+
+    let deleted = Instant::now();
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    jobs.delete("slow-1", &background).await.unwrap();
+    // The grace period is 60 s: a Pod gone well before that exited on SIGTERM.
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("job-name=slow-1"))
+            .await
+            .unwrap();
+        if list.items.is_empty() {
+            break;
+        }
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "the worker ignored SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
