@@ -3,6 +3,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod manifest;
 pub mod plan;

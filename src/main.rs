@@ -55,11 +55,28 @@ enum Command {
     /// Run the plan in TALLY_PLAN and write its result to the ConfigMap of the Job
     /// TALLY_JOB_NAME in TALLY_NAMESPACE (the entrypoint of calculation Jobs).
     Worker,
+    /// Run the operator against the cluster in KUBECONFIG or the in-cluster config.
+    Controller {
+        /// The image of calculation Jobs, unless their Warehouse sets one.
+        #[arg(long, env = "TALLY_WORKER_IMAGE")]
+        worker_image: Option<String>,
+        /// The service account of calculation Jobs, unless their Warehouse sets one.
+        #[arg(long, env = "TALLY_WORKER_SERVICE_ACCOUNT")]
+        worker_service_account: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
     /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
     Crds {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -69,8 +86,14 @@ enum Dialect {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Command::Worker = args.command {
-        return worker();
+    match args.command {
+        Command::Worker => return worker(),
+        Command::Controller {
+            worker_image,
+            worker_service_account,
+            log_format,
+        } => return controller(worker_image, worker_service_account, log_format),
+        _ => {}
     }
     let output = match args.command {
         Command::Run { files, output } => cli::run(&files, output),
@@ -80,7 +103,7 @@ fn main() -> ExitCode {
         } => cli::sql(&files),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
         Command::Plan { files } => cli::plans(&files),
-        Command::Worker => unreachable!("handled above"),
+        Command::Worker | Command::Controller { .. } => unreachable!("handled above"),
         Command::Bench {
             entities,
             facts,
@@ -125,4 +148,48 @@ fn worker() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn controller(
+    image: Option<String>,
+    service_account: Option<String>,
+    format: LogFormat,
+) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube::Client::try_default().await {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("error: connecting to the cluster: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut defaults = tally::controller::JobDefaults::default();
+        if let Some(image) = image {
+            defaults.image = image;
+        }
+        defaults.service_account_name = service_account;
+        tracing::info!(worker_image = %defaults.image, "tally controller starting");
+        tally::controller::run(client, defaults).await;
+        tracing::info!("tally controller stopped");
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,660 @@
+//! The MetricCalculation lifecycle as a pure function: what is observed → what to do.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{CalculationState, MetricCalculationStatus};
+use crate::plan::{CalculationPlan, PlanError};
+use crate::result::{CalculationResult, completed_status};
+
+/// A table whose data is not yet delivered as far as a calculation needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataWait {
+    pub table: String,
+    pub need_until: Timestamp,
+    pub delivered_until: Option<Timestamp>,
+}
+
+/// What the calculation's Job looks like now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    /// No Job of this name exists.
+    Missing,
+    Running,
+    /// Completed; the result ConfigMap's content, or why it could not be read.
+    Succeeded(Result<CalculationResult, String>),
+    /// Failed after its retries; the worker's termination message.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub generation: i64,
+    pub status: MetricCalculationStatus,
+    pub cancel_requested: bool,
+    /// The plan for the current generation, or why there is none.
+    pub plan: Result<CalculationPlan, PlanError>,
+    pub waiting: Option<DataWait>,
+    /// The name of the Job for the current generation, and its state.
+    pub job_name: String,
+    pub job: JobState,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Replace the status with this one.
+    SetStatus(Box<MetricCalculationStatus>),
+    /// Create the Job for the current generation from this plan.
+    CreateJob(Box<CalculationPlan>),
+    /// Delete the Job (background propagation: its Pods get SIGTERM).
+    DeleteJob,
+    Event {
+        warning: bool,
+        reason: &'static str,
+        note: String,
+    },
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str, o: &Observed) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: Some(o.generation),
+        last_transition_time: Time(o.now),
+    }
+}
+
+/// Sets a condition, keeping its transition time when its status does not change.
+fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            let transition = if existing.status == new.status {
+                existing.last_transition_time.clone()
+            } else {
+                new.last_transition_time.clone()
+            };
+            *existing = Condition {
+                last_transition_time: transition,
+                ..new
+            };
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// The status with a new state and the conditions that describe it.
+fn transition(
+    o: &Observed,
+    state: CalculationState,
+    reason: &str,
+    message: &str,
+) -> MetricCalculationStatus {
+    let mut status = o.status.clone();
+    status.state = Some(state);
+    status.observed_generation = Some(o.generation);
+    let (ready, running, waiting, failed, cancelled) = match state {
+        CalculationState::Completed => (true, false, false, false, false),
+        CalculationState::Running | CalculationState::Cancelling => {
+            (false, true, false, false, false)
+        }
+        CalculationState::Waiting => (false, false, true, false, false),
+        CalculationState::Failed => (false, false, false, true, false),
+        CalculationState::Cancelled => (false, false, false, false, true),
+        CalculationState::Pending => (false, false, false, false, false),
+    };
+    for (type_, value) in [
+        ("Ready", ready),
+        ("Running", running),
+        ("Waiting", waiting),
+        ("Failed", failed),
+        ("Cancelled", cancelled),
+    ] {
+        let (reason, message) = if value || type_ == "Ready" {
+            (reason, message)
+        } else {
+            (reason, "")
+        };
+        set_condition(
+            &mut status.conditions,
+            condition(type_, value, reason, message, o),
+        );
+    }
+    status
+}
+
+fn event(reason: &'static str, note: impl Into<String>) -> Action {
+    Action::Event {
+        warning: false,
+        reason,
+        note: note.into(),
+    }
+}
+
+fn warning(reason: &'static str, note: impl Into<String>) -> Action {
+    Action::Event {
+        warning: true,
+        reason,
+        note: note.into(),
+    }
+}
+
+fn set(status: MetricCalculationStatus) -> Action {
+    Action::SetStatus(Box::new(status))
+}
+
+/// What to do about a calculation, given what is observed.
+pub fn decide(o: &Observed) -> Vec<Action> {
+    let state = o.status.state.unwrap_or(CalculationState::Pending);
+    let current = o.status.observed_generation == Some(o.generation);
+
+    if state.is_terminal() && current {
+        // Cancel of a finished calculation is a no-op, said once (a cancelled one was
+        // finished by that very annotation).
+        let noted = o
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.reason == "CancelIgnored");
+        if o.cancel_requested && !noted && state != CalculationState::Cancelled {
+            let mut status = o.status.clone();
+            set_condition(
+                &mut status.conditions,
+                condition(
+                    "CancelRequested",
+                    false,
+                    "CancelIgnored",
+                    "the calculation had already finished",
+                    o,
+                ),
+            );
+            return vec![
+                set(status),
+                event(
+                    "CancelIgnored",
+                    format!("the calculation is already {state:?}; nothing to cancel"),
+                ),
+            ];
+        }
+        return Vec::new();
+    }
+
+    if o.cancel_requested {
+        return match (&o.job, state) {
+            (JobState::Running, CalculationState::Cancelling) => Vec::new(),
+            (JobState::Running, _) => vec![
+                Action::DeleteJob,
+                set(transition(
+                    o,
+                    CalculationState::Cancelling,
+                    "CancelRequested",
+                    "deleting the calculation's Job",
+                )),
+                event("Cancelling", "cancel requested: deleting the Job"),
+            ],
+            _ => {
+                let mut status = transition(
+                    o,
+                    CalculationState::Cancelled,
+                    "Cancelled",
+                    "cancelled by the tally.dev/cancel annotation",
+                );
+                status.completion_time = Some(Time(o.now));
+                vec![
+                    set(status),
+                    event("Cancelled", "the calculation was cancelled"),
+                ]
+            }
+        };
+    }
+
+    // A new generation of a finished calculation: a new run that supersedes the old
+    // one, whose results stay readable until the new run completes.
+    let mut base = o.status.clone();
+    if state.is_terminal() && !current {
+        base.superseeds = o.status.sql_job.clone();
+        base.state = Some(CalculationState::Pending);
+        base.error = None;
+    }
+    let o = &Observed {
+        status: base,
+        ..o.clone()
+    };
+
+    let plan = match &o.plan {
+        Ok(plan) => plan,
+        Err(error @ PlanError::MissingReference { .. }) => {
+            let status = transition(
+                o,
+                CalculationState::Pending,
+                error.reason(),
+                &error.to_string(),
+            );
+            if status == o.status {
+                return Vec::new();
+            }
+            return vec![set(status), warning("MissingReference", error.to_string())];
+        }
+        Err(error) => {
+            let mut status = transition(
+                o,
+                CalculationState::Failed,
+                error.reason(),
+                &error.to_string(),
+            );
+            status.error = Some(error.to_string());
+            status.completion_time = Some(Time(o.now));
+            return vec![set(status), warning("InvalidSpec", error.to_string())];
+        }
+    };
+
+    match &o.job {
+        JobState::Missing => {
+            if o.status.sql_job.as_deref() == Some(o.job_name.as_str())
+                && o.status.state == Some(CalculationState::Running)
+            {
+                // The Job was created and is gone without a result: never rerun silently.
+                let message = format!("the Job {} disappeared before it finished", o.job_name);
+                let mut status = transition(o, CalculationState::Failed, "JobLost", &message);
+                status.error = Some(message.clone());
+                status.completion_time = Some(Time(o.now));
+                return vec![set(status), warning("JobLost", message)];
+            }
+            if let Some(wait) = &o.waiting {
+                let message = format!(
+                    "waiting for {} to be delivered until {} (delivered until {})",
+                    wait.table,
+                    wait.need_until,
+                    wait.delivered_until
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                );
+                let status = transition(o, CalculationState::Waiting, "DataNotDelivered", &message);
+                if status == o.status {
+                    return Vec::new();
+                }
+                return vec![set(status), event("Waiting", message)];
+            }
+            let mut status = transition(
+                o,
+                CalculationState::Running,
+                "JobCreated",
+                &format!("Job {} runs the calculation", o.job_name),
+            );
+            status.sql = Some(plan.sql.clone());
+            status.sql_job = Some(o.job_name.clone());
+            status.times = Some(plan.times.to_status());
+            status.start_time = Some(Time(o.now));
+            status.completion_time = None;
+            vec![
+                Action::CreateJob(Box::new(plan.clone())),
+                set(status),
+                event("Running", format!("created Job {}", o.job_name)),
+            ]
+        }
+        JobState::Running => {
+            if state == CalculationState::Running
+                && o.status.sql_job.as_deref() == Some(o.job_name.as_str())
+            {
+                Vec::new()
+            } else {
+                // The Job exists but status does not say so (a write lost before a restart).
+                let mut status = transition(
+                    o,
+                    CalculationState::Running,
+                    "JobCreated",
+                    &format!("Job {} runs the calculation", o.job_name),
+                );
+                status.sql = Some(plan.sql.clone());
+                status.sql_job = Some(o.job_name.clone());
+                status.times = Some(plan.times.to_status());
+                vec![set(status)]
+            }
+        }
+        JobState::Succeeded(Ok(result)) => {
+            let started = o.status.start_time.as_ref().map(|t| t.0).unwrap_or(o.now);
+            let completed = completed_status(plan, result.clone(), started, o.now);
+            let mut status = transition(
+                o,
+                CalculationState::Completed,
+                "Completed",
+                "the calculation completed",
+            );
+            status.times = completed.times;
+            status.metric_results = completed.metric_results;
+            status.analysis = completed.analysis;
+            status.sql = completed.sql;
+            status.completion_time = completed.completion_time;
+            status.error = None;
+            vec![set(status), event("Completed", "the calculation completed")]
+        }
+        JobState::Succeeded(Err(reason)) | JobState::Failed(reason) => {
+            let message = if reason.is_empty() {
+                "the worker failed without a message".to_string()
+            } else {
+                reason.clone()
+            };
+            let mut status = transition(o, CalculationState::Failed, "WorkerFailed", &message);
+            status.error = Some(message.clone());
+            status.completion_time = Some(Time(o.now));
+            vec![set(status), warning("Failed", message)]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Analysis, MetricResults};
+    use crate::plan::{EngineSettings, PlanTimes, ResultLayout};
+
+    fn plan() -> CalculationPlan {
+        let t: Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
+        CalculationPlan {
+            calculation: "ns/calc".into(),
+            engine: EngineSettings {
+                engine: crate::api::Engine::DuckDb,
+                duckdb: Default::default(),
+            },
+            sql: "SELECT 1".into(),
+            layout: ResultLayout {
+                ratio: false,
+                cuped: false,
+                dimensions: vec![],
+            },
+            times: PlanTimes {
+                exposure_start: t,
+                exposure_end: t,
+                fact_start: t,
+                fact_end: t,
+            },
+            control: "control".into(),
+            exposure_groups: vec![],
+        }
+    }
+
+    fn result() -> CalculationResult {
+        CalculationResult {
+            times: plan().times.to_status(),
+            metric_results: MetricResults::default(),
+            analysis: Analysis::default(),
+        }
+    }
+
+    fn observed(
+        state: Option<CalculationState>,
+        observed_generation: Option<i64>,
+        job: JobState,
+    ) -> Observed {
+        Observed {
+            generation: 1,
+            status: MetricCalculationStatus {
+                state,
+                observed_generation,
+                sql_job: state
+                    .filter(|s| *s != CalculationState::Pending)
+                    .map(|_| "calc-1".to_string()),
+                ..MetricCalculationStatus::default()
+            },
+            cancel_requested: false,
+            plan: Ok(plan()),
+            waiting: None,
+            job_name: "calc-1".into(),
+            job,
+            now: "2026-11-23T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    /// The state a decision sets, and whether it creates or deletes the Job.
+    fn summary(actions: &[Action]) -> (Option<CalculationState>, bool, bool) {
+        let state = actions.iter().find_map(|a| match a {
+            Action::SetStatus(s) => s.state,
+            _ => None,
+        });
+        let created = actions.iter().any(|a| matches!(a, Action::CreateJob(_)));
+        let deleted = actions.iter().any(|a| matches!(a, Action::DeleteJob));
+        (state, created, deleted)
+    }
+
+    use CalculationState::*;
+
+    #[test]
+    fn lifecycle_table() {
+        let missing = PlanError::MissingReference {
+            referrer: "MetricCalculation/calc".into(),
+            field: "spec.metric".into(),
+            kind: "Metric",
+            name: "m".into(),
+        };
+        let invalid = PlanError::InvalidField {
+            resource: "FactTable/f".into(),
+            field: "spec.entityColumn".into(),
+            message: "bad".into(),
+        };
+        let wait = DataWait {
+            table: "FactTable/f".into(),
+            need_until: "2026-10-15T00:00:00Z".parse().unwrap(),
+            delivered_until: None,
+        };
+        struct Case {
+            name: &'static str,
+            observed: Observed,
+            expect: (Option<CalculationState>, bool, bool),
+        }
+        let with = |mut o: Observed, f: &dyn Fn(&mut Observed)| {
+            f(&mut o);
+            o
+        };
+        let cases = vec![
+            Case {
+                name: "new → Job created, Running",
+                observed: observed(None, None, JobState::Missing),
+                expect: (Some(Running), true, false),
+            },
+            Case {
+                name: "missing reference → Pending",
+                observed: with(observed(None, None, JobState::Missing), &|o| {
+                    o.plan = Err(missing.clone())
+                }),
+                expect: (Some(Pending), false, false),
+            },
+            Case {
+                name: "invalid spec → Failed",
+                observed: with(observed(None, None, JobState::Missing), &|o| {
+                    o.plan = Err(invalid.clone())
+                }),
+                expect: (Some(Failed), false, false),
+            },
+            Case {
+                name: "data not delivered → Waiting",
+                observed: with(observed(None, None, JobState::Missing), &|o| {
+                    o.waiting = Some(wait.clone())
+                }),
+                expect: (Some(Waiting), false, false),
+            },
+            Case {
+                name: "running, Job running → nothing",
+                observed: observed(Some(Running), Some(1), JobState::Running),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "Job running, status lost → Running again, no new Job",
+                observed: observed(None, None, JobState::Running),
+                expect: (Some(Running), false, false),
+            },
+            Case {
+                name: "Job succeeded → Completed",
+                observed: observed(Some(Running), Some(1), JobState::Succeeded(Ok(result()))),
+                expect: (Some(Completed), false, false),
+            },
+            Case {
+                name: "Job succeeded without result → Failed",
+                observed: observed(
+                    Some(Running),
+                    Some(1),
+                    JobState::Succeeded(Err("no result".into())),
+                ),
+                expect: (Some(Failed), false, false),
+            },
+            Case {
+                name: "Job failed → Failed",
+                observed: observed(Some(Running), Some(1), JobState::Failed("boom".into())),
+                expect: (Some(Failed), false, false),
+            },
+            Case {
+                name: "Job vanished while running → Failed, not rerun",
+                observed: observed(Some(Running), Some(1), JobState::Missing),
+                expect: (Some(Failed), false, false),
+            },
+            Case {
+                name: "completed, Job gone (TTL) → nothing",
+                observed: observed(Some(Completed), Some(1), JobState::Missing),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "failed stays failed",
+                observed: observed(Some(Failed), Some(1), JobState::Missing),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "completed, new generation → new run",
+                observed: with(
+                    observed(Some(Completed), Some(1), JobState::Missing),
+                    &|o| {
+                        o.generation = 2;
+                        o.job_name = "calc-2".into();
+                    },
+                ),
+                expect: (Some(Running), true, false),
+            },
+            Case {
+                name: "cancel while running → Cancelling, Job deleted",
+                observed: with(observed(Some(Running), Some(1), JobState::Running), &|o| {
+                    o.cancel_requested = true
+                }),
+                expect: (Some(Cancelling), false, true),
+            },
+            Case {
+                name: "cancelling, Job still there → wait",
+                observed: with(
+                    observed(Some(Cancelling), Some(1), JobState::Running),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "cancelling, Job gone → Cancelled",
+                observed: with(
+                    observed(Some(Cancelling), Some(1), JobState::Missing),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (Some(Cancelled), false, false),
+            },
+            Case {
+                name: "cancel while waiting → Cancelled",
+                observed: with(observed(Some(Waiting), Some(1), JobState::Missing), &|o| {
+                    o.cancel_requested = true;
+                    o.waiting = Some(wait.clone());
+                }),
+                expect: (Some(Cancelled), false, false),
+            },
+            Case {
+                name: "cancel of a completed one → noted, state kept",
+                observed: with(
+                    observed(Some(Completed), Some(1), JobState::Missing),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (Some(Completed), false, false),
+            },
+            Case {
+                name: "cancelled stays cancelled",
+                observed: with(
+                    observed(Some(Cancelled), Some(1), JobState::Missing),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (None, false, false),
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                summary(&decide(&case.observed)),
+                case.expect,
+                "{}",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_run_keeps_the_old_result_and_records_what_it_supersedes() {
+        let mut o = observed(Some(Completed), Some(1), JobState::Missing);
+        o.status.metric_results = Some(MetricResults::default());
+        o.generation = 2;
+        o.job_name = "calc-2".into();
+        let actions = decide(&o);
+        let Some(Action::SetStatus(status)) =
+            actions.iter().find(|a| matches!(a, Action::SetStatus(_)))
+        else {
+            panic!("no status");
+        };
+        assert_eq!(status.superseeds.as_deref(), Some("calc-1"));
+        assert_eq!(status.sql_job.as_deref(), Some("calc-2"));
+        assert!(
+            status.metric_results.is_some(),
+            "the previous result stays readable"
+        );
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn decisions_are_idempotent() {
+        // Applying a decision's status and deciding again changes nothing.
+        for o in [
+            observed(None, None, JobState::Missing),
+            observed(Some(Running), Some(1), JobState::Succeeded(Ok(result()))),
+        ] {
+            let mut next = o.clone();
+            for action in decide(&o) {
+                if let Action::SetStatus(status) = action {
+                    next.status = *status;
+                }
+            }
+            if next.status.state == Some(Running) {
+                next.job = JobState::Running;
+            }
+            assert!(decide(&next).is_empty(), "{:?}", decide(&next));
+        }
+        // An ignored cancel is noted once.
+        let mut o = observed(Some(Completed), Some(1), JobState::Missing);
+        o.cancel_requested = true;
+        let Some(Action::SetStatus(status)) = decide(&o).into_iter().next() else {
+            panic!()
+        };
+        o.status = *status;
+        assert!(decide(&o).is_empty());
+    }
+
+    #[test]
+    fn failure_reason_reaches_status() {
+        let actions = decide(&observed(
+            Some(Running),
+            Some(1),
+            JobState::Failed("IO Error: no such file".into()),
+        ));
+        let Some(Action::SetStatus(status)) = actions.first() else {
+            panic!()
+        };
+        assert_eq!(status.error.as_deref(), Some("IO Error: no such file"));
+        let failed = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Failed")
+            .unwrap();
+        assert_eq!(
+            (failed.status.as_str(), failed.reason.as_str()),
+            ("True", "WorkerFailed")
+        );
+    }
+}

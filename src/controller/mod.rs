@@ -1,0 +1,453 @@
+//! `tally controller`: reconciles MetricCalculations into Jobs and results.
+//!
+//! Each reconcile observes (the calculation, what it refers to, its Job and result),
+//! calls the pure [`decide`], then applies the actions. Status is written right after
+//! a Job is created, and a finished calculation is never run again unless its spec
+//! changes (a new generation).
+
+mod decide;
+mod job;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ConfigMap, Pod},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    runtime::{
+        Controller,
+        controller::Action as Requeue,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::Value;
+
+pub use decide::{Action, DataWait, JobState, Observed, decide};
+pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
+
+use crate::api::{
+    CANCEL_ANNOTATION, Delivery, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
+    MetricCalculation, TableStatus, Warehouse,
+};
+use crate::plan::{self, Catalog};
+use crate::result::CalculationResult;
+use crate::worker::{RESULT_KEY, result_config_map_name};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the calculation has no namespace")]
+    NoNamespace,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub defaults: JobDefaults,
+}
+
+async fn list<K>(client: &Client, namespace: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?
+        .items)
+}
+
+async fn catalog(client: &Client, namespace: &str) -> Result<Catalog, kube::Error> {
+    let mut catalog = Catalog::default();
+    list::<Warehouse>(client, namespace)
+        .await?
+        .into_iter()
+        .for_each(|r| catalog.add_warehouse(r));
+    list::<ExposureTable>(client, namespace)
+        .await?
+        .into_iter()
+        .for_each(|r| catalog.add_exposure_table(r));
+    list::<FactTable>(client, namespace)
+        .await?
+        .into_iter()
+        .for_each(|r| catalog.add_fact_table(r));
+    list::<DimensionTable>(client, namespace)
+        .await?
+        .into_iter()
+        .for_each(|r| catalog.add_dimension_table(r));
+    list::<Metric>(client, namespace)
+        .await?
+        .into_iter()
+        .for_each(|r| catalog.add_metric(r));
+    Ok(catalog)
+}
+
+/// How far a table's data is delivered: its status mark, else now − assumed lag,
+/// else (neither declared) completely.
+fn delivered_until(
+    status: Option<&TableStatus>,
+    delivery: Option<&Delivery>,
+    now: Timestamp,
+) -> Option<Option<Timestamp>> {
+    if let Some(mark) = status.and_then(|s| s.data_delivered_until.as_ref()) {
+        return Some(Some(mark.0));
+    }
+    let lag = delivery.and_then(|d| d.assume_lag.as_ref())?;
+    Some(now.checked_sub(lag.as_signed()).ok())
+}
+
+/// The first table the calculation reads whose data is not delivered far enough.
+fn data_wait(
+    calculation: &MetricCalculation,
+    catalog: &Catalog,
+    need: Timestamp,
+    now: Timestamp,
+) -> Option<DataWait> {
+    let template = &calculation.spec.calculation;
+    let mut tables: Vec<(String, Option<&TableStatus>, Option<&Delivery>)> = Vec::new();
+    if let Some(t) = catalog.exposure_tables.get(&template.exposure_table) {
+        tables.push((
+            format!("ExposureTable/{}", t.name_any()),
+            t.status.as_ref(),
+            t.spec.delivery.as_ref(),
+        ));
+    }
+    if let Some(metric) = catalog.metrics.get(&template.metric) {
+        let sides = [
+            metric.spec.average.as_ref().map(|a| &a.measurement),
+            metric.spec.ratio.as_ref().map(|r| &r.numerator),
+            metric.spec.ratio.as_ref().map(|r| &r.denominator),
+        ];
+        for side in sides.into_iter().flatten() {
+            if let Some(t) = catalog.fact_tables.get(&side.fact_table) {
+                tables.push((
+                    format!("FactTable/{}", t.name_any()),
+                    t.status.as_ref(),
+                    t.spec.delivery.as_ref(),
+                ));
+            }
+        }
+    }
+    for split in &template.split_dimensions {
+        if let Some(t) = split
+            .dimension_table
+            .as_ref()
+            .and_then(|n| catalog.dimension_tables.get(n))
+        {
+            tables.push((
+                format!("DimensionTable/{}", t.name_any()),
+                t.status.as_ref(),
+                t.spec.delivery.as_ref(),
+            ));
+        }
+    }
+    tables.into_iter().find_map(|(table, status, delivery)| {
+        match delivered_until(status, delivery, now) {
+            Some(until) if until.is_none_or(|u| u < need) => Some(DataWait {
+                table,
+                need_until: need,
+                delivered_until: until,
+            }),
+            _ => None,
+        }
+    })
+}
+
+async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobState, kube::Error> {
+    let Some(job) = Api::<Job>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(JobState::Missing);
+    };
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |type_: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    };
+    if is("Complete") {
+        let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+            .get_opt(&result_config_map_name(name))
+            .await?;
+        let result = match config_map
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove(RESULT_KEY))
+        {
+            Some(json) => serde_json::from_str::<CalculationResult>(&json)
+                .map_err(|e| format!("the worker's result could not be read: {e}")),
+            None => Err(format!(
+                "the Job {name} completed without writing its result ConfigMap"
+            )),
+        };
+        return Ok(JobState::Succeeded(result));
+    }
+    if is("Failed") {
+        let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await?;
+        let message = pods
+            .items
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .find(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| {
+                let reason = conditions
+                    .iter()
+                    .find(|c| c.type_ == "Failed")
+                    .and_then(|c| c.reason.clone());
+                format!(
+                    "the Job failed ({})",
+                    reason.unwrap_or_else(|| "no reason given".into())
+                )
+            });
+        return Ok(JobState::Failed(message));
+    }
+    Ok(JobState::Running)
+}
+
+/// A merge patch that replaces the whole status: fields the new status lacks are nulled.
+fn status_patch(status: &crate::api::MetricCalculationStatus) -> Value {
+    let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        for field in [
+            "state",
+            "conditions",
+            "observedGeneration",
+            "times",
+            "sql",
+            "sqlJob",
+            "metricResults",
+            "analysis",
+            "error",
+            "schedule",
+            "scheduleIteration",
+            "supersededBy",
+            "superseeds",
+            "startTime",
+            "completionTime",
+        ] {
+            map.entry(field).or_insert(Value::Null);
+        }
+    }
+    serde_json::json!({ "status": value })
+}
+
+async fn reconcile(
+    calculation: Arc<MetricCalculation>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
+    let namespace = calculation
+        .namespace()
+        .ok_or(ControllerError::NoNamespace)?;
+    let name = calculation.name_any();
+    let generation = calculation.metadata.generation.unwrap_or(1);
+    let now = Timestamp::now();
+    let catalog = catalog(&ctx.client, &namespace).await?;
+    let plan = plan::resolve(&calculation, &catalog).map(|r| plan::compile(&r));
+    let waiting = plan
+        .as_ref()
+        .ok()
+        .and_then(|p| data_wait(&calculation, &catalog, p.times.fact_end, now));
+    let job_name = job_name(&name, generation);
+    let job = job_state(&ctx.client, &namespace, &job_name).await?;
+    let observed = Observed {
+        generation,
+        status: calculation.status.clone().unwrap_or_default(),
+        cancel_requested: calculation
+            .annotations()
+            .get(CANCEL_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        plan,
+        waiting,
+        job_name: job_name.clone(),
+        job,
+        now,
+    };
+    let actions = decide(&observed);
+    let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut waiting = false;
+    for action in actions {
+        match action {
+            Action::CreateJob(plan) => {
+                let warehouse = plan_warehouse(&calculation, &catalog);
+                let Some(job) = build_job(&calculation, &plan, &warehouse, &ctx.defaults) else {
+                    continue;
+                };
+                match jobs.create(&PostParams::default(), &job).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::DeleteJob => {
+                let params = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match jobs.delete(&job_name, &params).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Action::SetStatus(status) => {
+                waiting = status.state == Some(crate::api::CalculationState::Waiting);
+                calculations
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(status_patch(&status)),
+                    )
+                    .await?;
+            }
+            Action::Event {
+                warning,
+                reason,
+                note,
+            } => {
+                let event = Event {
+                    type_: if warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: reason.into(),
+                    note: Some(note),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                // An Event that cannot be written is not worth failing the reconcile.
+                if let Err(e) = ctx
+                    .recorder
+                    .publish(&event, &calculation.object_ref(&()))
+                    .await
+                {
+                    tracing::warn!(calculation = %name, error = %e, "could not publish an Event");
+                }
+            }
+        }
+    }
+    // Watches bring Job and reference changes; time-based data readiness needs a timer.
+    Ok(if waiting || observed.waiting.is_some() {
+        Requeue::requeue(Duration::from_secs(30))
+    } else {
+        Requeue::await_change()
+    })
+}
+
+/// The Job settings of the calculation's Warehouse, if it names one.
+fn plan_warehouse(calculation: &MetricCalculation, catalog: &Catalog) -> JobSettings {
+    let template = &calculation.spec.calculation;
+    let name = template.warehouse.clone().or_else(|| {
+        catalog
+            .exposure_tables
+            .get(&template.exposure_table)
+            .and_then(|t| t.spec.warehouse.clone())
+    });
+    name.and_then(|n| catalog.warehouses.get(&n))
+        .and_then(|w| w.spec.job.clone())
+        .unwrap_or_default()
+}
+
+fn error_policy(
+    calculation: Arc<MetricCalculation>,
+    error: &ControllerError,
+    _: Arc<Context>,
+) -> Requeue {
+    tracing::warn!(calculation = %calculation.name_any(), %error, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(client: Client, defaults: JobDefaults) {
+    let calculations: Api<MetricCalculation> = Api::all(client.clone());
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tally-controller".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        defaults,
+    });
+    let controller = Controller::new(calculations, watcher::Config::default());
+    let store = controller.store();
+    // A change to anything a calculation refers to re-reconciles the calculations of
+    // its namespace (few per namespace; resolution decides which are affected).
+    let same_namespace = move |namespace: Option<String>| {
+        store
+            .state()
+            .into_iter()
+            .filter(|c| c.namespace() == namespace)
+            .map(|c| ObjectRef::from_obj(&*c))
+            .collect::<Vec<_>>()
+    };
+    let (m, e, f, d, w) = (
+        same_namespace.clone(),
+        same_namespace.clone(),
+        same_namespace.clone(),
+        same_namespace.clone(),
+        same_namespace,
+    );
+    controller
+        .owns(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels(CALCULATION_LABEL),
+        )
+        .watches(
+            Api::<Metric>::all(client.clone()),
+            watcher::Config::default(),
+            move |r| m(r.namespace()),
+        )
+        .watches(
+            Api::<ExposureTable>::all(client.clone()),
+            watcher::Config::default(),
+            move |r| e(r.namespace()),
+        )
+        .watches(
+            Api::<FactTable>::all(client.clone()),
+            watcher::Config::default(),
+            move |r| f(r.namespace()),
+        )
+        .watches(
+            Api::<DimensionTable>::all(client.clone()),
+            watcher::Config::default(),
+            move |r| d(r.namespace()),
+        )
+        .watches(
+            Api::<Warehouse>::all(client.clone()),
+            watcher::Config::default(),
+            move |r| w(r.namespace()),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,395 @@
+//! `tally controller` end to end on the API emulator: the controller binary reconciles
+//! MetricCalculations into Jobs that run the real `tally worker`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, ListParams, Patch, PatchParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "ghcr.io/example/tally:dev";
+
+fn tally_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("tally");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo build -p tally` first",
+        bin.display()
+    );
+    bin
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/checkout-experiment")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The example's manifests with data paths made absolute (the worker's working
+/// directory is not the manifests' directory).
+fn example_manifests() -> String {
+    let data = format!("files: {}/data/", example().display());
+    [
+        "warehouse.yaml",
+        "tables.yaml",
+        "metrics.yaml",
+        "calculations.yaml",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(example().join(f))
+            .unwrap()
+            .replace("files: data/", &data)
+    })
+    .collect::<Vec<_>>()
+    .join("\n---\n")
+}
+
+/// The controller process; killed when dropped.
+struct ControllerProcess(Child);
+
+impl ControllerProcess {
+    fn start(emulator: &kube_emulator::Emulator) -> Self {
+        let child = Command::new(tally_bin())
+            .args(["controller", "--worker-image", IMAGE])
+            .env("KUBECONFIG", emulator.kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start() -> (kube_emulator::Emulator, Client) {
+    let emulator = kube_emulator::Emulator::builder()
+        .image(IMAGE, tally_bin())
+        .start()
+        .await
+        .unwrap();
+    emulator
+        .apply_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds"))
+        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    (emulator, Client::try_from(config).unwrap())
+}
+
+fn calculations(client: &Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
+    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+}
+
+async fn status(client: &Client, name: &str) -> Value {
+    let object = calculations(client).get(name).await.unwrap();
+    object.data.get("status").cloned().unwrap_or(Value::Null)
+}
+
+async fn wait_for_state(client: &Client, name: &str, state: &str, seconds: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let status = status(client, name).await;
+        if status["state"] == state {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {state}: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn calculation_jobs(client: &Client) -> Vec<String> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let mut names: Vec<String> = jobs
+        .list(&ListParams::default().labels("tally.dev/calculation"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn assert_close(path: &str, expected: &Value, actual: &Value) {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: fields differ");
+            for (k, v) in e {
+                assert_close(&format!("{path}.{k}"), v, &a[k]);
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: lengths differ");
+            for (i, (e, a)) in e.iter().zip(a).enumerate() {
+                assert_close(&format!("{path}[{i}]"), e, a);
+            }
+        }
+        (Value::Number(e), Value::Number(a)) => {
+            let (e, a) = (e.as_f64().unwrap(), a.as_f64().unwrap());
+            assert!(
+                (e - a).abs() <= 1e-9 * e.abs().max(a.abs()),
+                "{path}: {e} vs {a}"
+            );
+        }
+        _ => assert_eq!(expected, actual, "{path}"),
+    }
+}
+
+fn printed_status(name: &str) -> Value {
+    let output = Command::new(tally_bin())
+        .args(["run", "-f", example().to_str().unwrap(), "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let items: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    items
+        .into_iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .unwrap()["status"]
+        .clone()
+}
+
+#[tokio::test]
+async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
+    let (emulator, client) = start().await;
+    emulator.apply_yaml(&example_manifests()).unwrap();
+    let controller = ControllerProcess::start(&emulator);
+
+    // 1. Every example calculation completes with what `tally run` prints.
+    for name in [
+        "checkout-revenue",
+        "checkout-conversion",
+        "checkout-order-value",
+        "checkout-max-basket",
+    ] {
+        wait_for_state(&client, name, "Completed", 120).await;
+    }
+    let completed = status(&client, "checkout-conversion").await;
+    let printed = printed_status("checkout-conversion");
+    for field in ["times", "metricResults", "analysis"] {
+        assert_close(field, &printed[field], &completed[field]);
+    }
+    assert_eq!(completed["sqlJob"], "checkout-conversion-1");
+    assert!(completed["sql"].as_str().unwrap().starts_with("WITH"));
+    assert!(completed["completionTime"].is_string());
+    let ready = completed["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "True");
+    let jobs_before = calculation_jobs(&client).await;
+    assert_eq!(jobs_before.len(), 4, "{jobs_before:?}");
+
+    // 2. A controller restart makes no second Job and keeps the results.
+    drop(controller);
+    let controller = ControllerProcess::start(&emulator);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calculation_jobs(&client).await, jobs_before);
+    assert_close(
+        "metricResults",
+        &completed["metricResults"],
+        &status(&client, "checkout-conversion").await["metricResults"],
+    );
+
+    // 3. Cancelling a completed calculation changes nothing but says so.
+    calculations(&client)
+        .patch(
+            "checkout-conversion",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&client, "checkout-conversion").await;
+        if s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["reason"] == "CancelIgnored")
+        {
+            assert_eq!(s["state"], "Completed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ignored cancel was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    calculations(&client)
+        .patch(
+            "checkout-conversion",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": null}}})),
+        )
+        .await
+        .unwrap();
+
+    // 4. A spec change runs again, recording what it supersedes.
+    calculations(&client)
+        .patch(
+            "checkout-max-basket",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"endTime": "2026-11-01T00:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rerun = loop {
+        let s = status(&client, "checkout-max-basket").await;
+        if s["state"] == "Completed" && s["sqlJob"] == "checkout-max-basket-2" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no rerun: {s:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(rerun["superseeds"], "checkout-max-basket-1");
+    assert_eq!(rerun["times"]["factEndTime"], "2026-11-01T00:00:00Z");
+    drop(controller);
+}
+
+#[tokio::test]
+async fn a_missing_metric_is_a_condition_until_it_appears() {
+    let (emulator, client) = start().await;
+    let manifests = example_manifests();
+    let (without_metrics, _) = manifests.split_once("# Revenue per exposed user").unwrap();
+    emulator.apply_yaml(without_metrics).unwrap();
+    emulator
+        .apply_yaml(&std::fs::read_to_string(example().join("calculations.yaml")).unwrap())
+        .unwrap();
+    let _controller = ControllerProcess::start(&emulator);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&client, "checkout-conversion").await;
+        let ready = s["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
+        if let Some(ready) = ready {
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "MissingReference");
+            assert!(
+                ready["message"].as_str().unwrap().contains("conversion-7d"),
+                "{ready}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no MissingReference condition: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(calculation_jobs(&client).await.is_empty());
+    emulator.apply_path(example().join("metrics.yaml")).unwrap();
+    wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
+}
+
+#[tokio::test]
+async fn cancel_during_running_stops_the_worker() {
+    let (emulator, client) = start().await;
+    emulator.apply_yaml(&example_manifests()).unwrap();
+    // An exposure table whose query runs for a very long time.
+    emulator
+        .apply_yaml(
+            r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {name: endless-exposures, namespace: default}
+spec:
+  warehouse: local-duckdb
+  source:
+    sql: "SELECT 'u' || (i % 1000) AS user_id, TIMESTAMP '2026-10-16 00:00:00' AS ts, 'control' AS variant FROM range(1000000000000) AS t(i) WHERE hash(i) % 7 = 3"
+  entityColumn: user_id
+  timestampColumn: ts
+  variantColumn: variant
+---
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {name: endless, namespace: default}
+spec:
+  metric: conversion-7d
+  exposureTable: endless-exposures
+  startTime: "2026-10-15T00:00:00Z"
+  endTime: "2026-11-05T00:00:00Z"
+"#,
+        )
+        .unwrap();
+    let _controller = ControllerProcess::start(&emulator);
+    wait_for_state(&client, "endless", "Running", 60).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels("job-name=endless-1"))
+            .await
+            .unwrap();
+        if list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        {
+            break;
+        }
+        assert!(Instant::now() < running, "the worker never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    calculations(&client)
+        .patch(
+            "endless",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}})),
+        )
+        .await
+        .unwrap();
+    let cancelled = wait_for_state(&client, "endless", "Cancelled", 20).await;
+    assert!(cancelled["completionTime"].is_string());
+    // The worker is gone well within its grace period: it exited on SIGTERM.
+    let gone = Instant::now() + Duration::from_secs(10);
+    while !pods
+        .list(&ListParams::default().labels("job-name=endless-1"))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < gone,
+            "the worker kept running after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Cancelling again changes nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(status(&client, "endless").await["state"], "Cancelled");
+}
