@@ -206,6 +206,23 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert_eq!(ready["status"], "True");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("checkout-conversion")
+        })
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "Running") && reasons.iter().any(|r| r == "Completed"),
+        "{reasons:?}"
+    );
     let jobs_before = calculation_jobs(&client).await;
     assert_eq!(jobs_before.len(), 4, "{jobs_before:?}");
 
@@ -364,6 +381,17 @@ spec:
         assert!(Instant::now() < running, "the worker never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A controller restart while Running keeps the one Job.
+    drop(_controller);
+    let _controller = ControllerProcess::start(&emulator);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let endless: Vec<String> = calculation_jobs(&client)
+        .await
+        .into_iter()
+        .filter(|j| j.starts_with("endless"))
+        .collect();
+    assert_eq!(endless, ["endless-1"]);
+    assert_eq!(status(&client, "endless").await["state"], "Running");
     calculations(&client)
         .patch(
             "endless",
@@ -392,4 +420,60 @@ spec:
     // Cancelling again changes nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(status(&client, "endless").await["state"], "Cancelled");
+}
+
+fn fact_tables(client: &Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "FactTable");
+    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+}
+
+#[tokio::test]
+async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
+    let (emulator, client) = start().await;
+    emulator.apply_yaml(&example_manifests()).unwrap();
+    // The purchases pipeline has delivered data only until 20 October.
+    fact_tables(&client)
+        .patch_status(
+            "purchases",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"dataDeliveredUntil": "2026-10-20T00:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    let controller = ControllerProcess::start(&emulator);
+    let waiting = wait_for_state(&client, "checkout-conversion", "Waiting", 30).await;
+    let condition = waiting["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Waiting")
+        .unwrap()
+        .clone();
+    assert_eq!(condition["status"], "True");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("FactTable/purchases") && message.contains("2026-10-20"),
+        "{message}"
+    );
+    assert!(calculation_jobs(&client).await.is_empty());
+
+    drop(controller);
+    let _controller = ControllerProcess::start(&emulator);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        status(&client, "checkout-conversion").await["state"],
+        "Waiting"
+    );
+    assert!(calculation_jobs(&client).await.is_empty());
+
+    fact_tables(&client)
+        .patch_status(
+            "purchases",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"dataDeliveredUntil": "2026-11-06T00:00:00Z"}})),
+        )
+        .await
+        .unwrap();
+    wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
+    assert_eq!(calculation_jobs(&client).await.len(), 4);
 }
