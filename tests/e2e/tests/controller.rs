@@ -477,3 +477,56 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
     wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
     assert_eq!(calculation_jobs(&client).await.len(), 4);
 }
+
+#[tokio::test]
+async fn a_failing_worker_fails_the_calculation_with_its_reason() {
+    let (emulator, client) = start().await;
+    emulator
+        .apply_yaml(
+            &example_manifests().replace("data/purchases.csv.gz", "data/purchases-missing.csv.gz"),
+        )
+        .unwrap();
+    let _controller = ControllerProcess::start(&emulator);
+    let failed = wait_for_state(&client, "checkout-conversion", "Failed", 120).await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("purchases-missing.csv.gz"), "{error}");
+    let condition = failed["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (condition["status"].as_str(), condition["reason"].as_str()),
+        (Some("True"), Some("WorkerFailed"))
+    );
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_not_turned_into_failures() {
+    let (emulator, client) = start().await;
+    emulator.apply_yaml(&example_manifests()).unwrap();
+    // The first status writes and Job creations fail as if the API server were
+    // overloaded; the controller retries.
+    let faults = emulator.faults();
+    faults.fail_next_method(
+        "PATCH",
+        "/apis/tally.dev/v1alpha1/namespaces/default/metriccalculations/checkout-conversion/status",
+        3,
+        kube_emulator::Fault::Status(500),
+    );
+    faults.fail_next_method(
+        "POST",
+        "/apis/batch/v1/namespaces/default/jobs",
+        2,
+        kube_emulator::Fault::Status(500),
+    );
+    let _controller = ControllerProcess::start(&emulator);
+    let completed = wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
+    assert!(
+        completed.get("error").is_none_or(Value::is_null),
+        "{completed:#}"
+    );
+    assert_eq!(calculation_jobs(&client).await.len(), 4);
+}
