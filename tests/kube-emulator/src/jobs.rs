@@ -84,9 +84,26 @@ pub async fn run_job_controller(
                 if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
                     return;
                 }
+                if drain(&mut events) {
+                    return;
+                }
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Takes every event already queued, so one sync answers a burst of changes instead
+/// of one sync per change (a full sync is linear in the number of Jobs or Pods).
+/// Returns true when the store has shut down.
+fn drain<T: Clone>(events: &mut tokio::sync::broadcast::Receiver<T>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        match events.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => return false,
+            Err(TryRecvError::Closed) => return true,
         }
     }
 }
@@ -468,6 +485,9 @@ impl Kubelet {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
                         return;
                     }
+                if drain(&mut events) {
+                    return;
+                }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.changed() => return,
