@@ -16,29 +16,12 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    Api, Client,
+    Api,
     api::{DynamicObject, PostParams},
     core::{ApiResource, GroupVersionKind},
     runtime::{WatchStreamExt, watcher},
 };
-
-const IMAGE: &str = "ghcr.io/example/tally:bench";
-
-fn tally_bin() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("TALLY_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    // `cargo bench` builds into target/release; the controller may be a debug build.
-    for profile in ["release", "debug"] {
-        let bin = dir.parent().unwrap().join(profile).join("tally");
-        if bin.is_file() {
-            return bin;
-        }
-    }
-    panic!("no tally binary: run `cargo build -p tally` or set TALLY_BIN");
-}
+use tally_e2e::{IMAGE, tally_bin};
 
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -75,14 +58,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let probes = 100;
-    let emulator = kube_emulator::Emulator::builder()
-        .image(IMAGE, "/bin/true")
-        .start()
-        .await
-        .unwrap();
-    emulator
-        .apply_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds"))
-        .unwrap();
+    // Jobs finish at once: this measures the controller, not the warehouse.
+    let (emulator, client) = tally_e2e::start_emulator(Path::new("/bin/true")).await;
     emulator
         .apply_yaml(
             r#"
@@ -103,13 +80,6 @@ spec: {type: Average, average: {measurement: {factTable: purchases, measurement:
 "#,
         )
         .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let client = Client::try_from(config).unwrap();
     let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
     let calculations: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));

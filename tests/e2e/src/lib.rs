@@ -1,1 +1,96 @@
-//! End-to-end tests live in `tests/`.
+//! Helpers for Tally's end-to-end tests and benchmarks: the `tally` binary, an API
+//! emulator that runs it as the worker image, and result comparison.
+
+use std::path::{Path, PathBuf};
+
+use kube::Client;
+use serde_json::Value;
+
+/// The image calculation Jobs use in these tests; the emulator maps it to `tally`.
+pub const IMAGE: &str = "ghcr.io/example/tally:dev";
+
+/// The `tally` binary: `TALLY_BIN`, else the one built next to this test's target
+/// directory (debug, or release for benchmarks).
+pub fn tally_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("a target directory");
+    for profile in ["debug", "release"] {
+        let bin = target.join(profile).join("tally");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    panic!(
+        "no tally binary under {}: run `cargo build -p tally` first",
+        target.display()
+    );
+}
+
+/// The example experiment's directory.
+pub fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/checkout-experiment")
+        .canonicalize()
+        .expect("examples/checkout-experiment")
+}
+
+/// The repository's generated CRDs.
+pub fn crds() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds")
+}
+
+/// An emulator that runs `worker_executable` for [`IMAGE`] (normally `tally`), with
+/// Tally's CRDs applied, and a client for it.
+pub async fn start_emulator(worker_executable: &Path) -> (kube_emulator::Emulator, Client) {
+    let emulator = kube_emulator::Emulator::builder()
+        .image(IMAGE, worker_executable)
+        .start()
+        .await
+        .expect("the emulator starts");
+    emulator.apply_path(crds()).expect("the CRDs apply");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).expect("its kubeconfig"),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("a client config");
+    let client = Client::try_from(config).expect("a client");
+    (emulator, client)
+}
+
+/// Asserts two results are equal: numbers within 1e-9 relative (DuckDB's parallel
+/// sums differ in the last bits between runs), everything else exactly.
+pub fn assert_close(path: &str, expected: &Value, actual: &Value) {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: fields differ");
+            for (k, v) in e {
+                assert_close(&format!("{path}.{k}"), v, &a[k]);
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert_eq!(e.len(), a.len(), "{path}: lengths differ");
+            for (i, (e, a)) in e.iter().zip(a).enumerate() {
+                assert_close(&format!("{path}[{i}]"), e, a);
+            }
+        }
+        (Value::Number(e), Value::Number(a)) => {
+            let (e, a) = (
+                e.as_f64().unwrap_or(f64::NAN),
+                a.as_f64().unwrap_or(f64::NAN),
+            );
+            assert!(
+                (e - a).abs() <= 1e-9 * e.abs().max(a.abs()),
+                "{path}: {e} vs {a}"
+            );
+        }
+        _ => assert_eq!(expected, actual, "{path}"),
+    }
+}

@@ -2,7 +2,6 @@
 //! MetricCalculations into Jobs that run the real `tally worker`.
 
 use std::{
-    path::{Path, PathBuf},
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -14,29 +13,7 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-
-const IMAGE: &str = "ghcr.io/example/tally:dev";
-
-fn tally_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TALLY_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("tally");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build -p tally` first",
-        bin.display()
-    );
-    bin
-}
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/checkout-experiment")
-        .canonicalize()
-        .unwrap()
-}
+use tally_e2e::{IMAGE, assert_close, example, tally_bin};
 
 /// The example's manifests with data paths made absolute (the worker's working
 /// directory is not the manifests' directory).
@@ -80,24 +57,6 @@ impl Drop for ControllerProcess {
     }
 }
 
-async fn start() -> (kube_emulator::Emulator, Client) {
-    let emulator = kube_emulator::Emulator::builder()
-        .image(IMAGE, tally_bin())
-        .start()
-        .await
-        .unwrap();
-    emulator
-        .apply_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds"))
-        .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    (emulator, Client::try_from(config).unwrap())
-}
-
 fn calculations(client: &Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
     Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
@@ -137,31 +96,6 @@ async fn calculation_jobs(client: &Client) -> Vec<String> {
     names
 }
 
-fn assert_close(path: &str, expected: &Value, actual: &Value) {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            assert_eq!(e.len(), a.len(), "{path}: fields differ");
-            for (k, v) in e {
-                assert_close(&format!("{path}.{k}"), v, &a[k]);
-            }
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            assert_eq!(e.len(), a.len(), "{path}: lengths differ");
-            for (i, (e, a)) in e.iter().zip(a).enumerate() {
-                assert_close(&format!("{path}[{i}]"), e, a);
-            }
-        }
-        (Value::Number(e), Value::Number(a)) => {
-            let (e, a) = (e.as_f64().unwrap(), a.as_f64().unwrap());
-            assert!(
-                (e - a).abs() <= 1e-9 * e.abs().max(a.abs()),
-                "{path}: {e} vs {a}"
-            );
-        }
-        _ => assert_eq!(expected, actual, "{path}"),
-    }
-}
-
 fn printed_status(name: &str) -> Value {
     let output = Command::new(tally_bin())
         .args(["run", "-f", example().to_str().unwrap(), "-o", "json"])
@@ -178,7 +112,7 @@ fn printed_status(name: &str) -> Value {
 
 #[tokio::test]
 async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     emulator.apply_yaml(&example_manifests()).unwrap();
     let controller = ControllerProcess::start(&emulator);
 
@@ -298,7 +232,7 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
 
 #[tokio::test]
 async fn a_missing_metric_is_a_condition_until_it_appears() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     let manifests = example_manifests();
     let (without_metrics, _) = manifests.split_once("# Revenue per exposed user").unwrap();
     emulator.apply_yaml(without_metrics).unwrap();
@@ -334,7 +268,7 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
 
 #[tokio::test]
 async fn cancel_during_running_stops_the_worker() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     emulator.apply_yaml(&example_manifests()).unwrap();
     // An exposure table whose query runs for a very long time.
     emulator
@@ -429,7 +363,7 @@ fn fact_tables(client: &Client) -> Api<DynamicObject> {
 
 #[tokio::test]
 async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     emulator.apply_yaml(&example_manifests()).unwrap();
     // The purchases pipeline has delivered data only until 20 October.
     fact_tables(&client)
@@ -480,7 +414,7 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
 
 #[tokio::test]
 async fn a_failing_worker_fails_the_calculation_with_its_reason() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     emulator
         .apply_yaml(
             &example_manifests().replace("data/purchases.csv.gz", "data/purchases-missing.csv.gz"),
@@ -505,7 +439,7 @@ async fn a_failing_worker_fails_the_calculation_with_its_reason() {
 
 #[tokio::test]
 async fn api_errors_are_retried_not_turned_into_failures() {
-    let (emulator, client) = start().await;
+    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     emulator.apply_yaml(&example_manifests()).unwrap();
     // The first status writes and Job creations fail as if the API server were
     // overloaded; the controller retries.

@@ -1,7 +1,6 @@
 //! `tally worker` as a Job on the API emulator: the Job contract of DESIGN §4.
 
 use std::{
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -11,31 +10,11 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Pod},
 };
 use kube::{
-    Api, Client,
+    Api,
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
 };
 use serde_json::{Value, json};
-
-const IMAGE: &str = "ghcr.io/example/tally:dev";
-
-/// The `tally` binary next to this test's target directory.
-fn tally_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TALLY_BIN") {
-        return path.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("tally");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build -p tally` first",
-        bin.display()
-    );
-    bin
-}
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/checkout-experiment")
-}
+use tally_e2e::{IMAGE, assert_close, example, tally_bin};
 
 fn tally_json(args: &[&str]) -> Value {
     let output = Command::new(tally_bin()).args(args).output().unwrap();
@@ -85,21 +64,6 @@ fn job(name: &str, plan: &Value) -> Job {
     .unwrap()
 }
 
-async fn start() -> (kube_emulator::Emulator, Client) {
-    let emulator = kube_emulator::Emulator::builder()
-        .image(IMAGE, tally_bin())
-        .start()
-        .await
-        .unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    (emulator, Client::try_from(config).unwrap())
-}
-
 async fn wait_for_condition(jobs: &Api<Job>, name: &str, condition: &str) -> Job {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -121,36 +85,9 @@ async fn wait_for_condition(jobs: &Api<Job>, name: &str, condition: &str) -> Job
     }
 }
 
-/// Numbers equal within 1e-9 relative (parallel sums differ in the last bits), the
-/// rest exactly.
-fn assert_close(path: &str, expected: &Value, actual: &Value) {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            assert_eq!(e.len(), a.len(), "{path}: fields differ");
-            for (k, v) in e {
-                assert_close(&format!("{path}.{k}"), v, &a[k]);
-            }
-        }
-        (Value::Array(e), Value::Array(a)) => {
-            assert_eq!(e.len(), a.len(), "{path}: lengths differ");
-            for (i, (e, a)) in e.iter().zip(a).enumerate() {
-                assert_close(&format!("{path}[{i}]"), e, a);
-            }
-        }
-        (Value::Number(e), Value::Number(a)) => {
-            let (e, a) = (e.as_f64().unwrap(), a.as_f64().unwrap());
-            assert!(
-                (e - a).abs() <= 1e-9 * e.abs().max(a.abs()),
-                "{path}: {e} vs {a}"
-            );
-        }
-        _ => assert_eq!(expected, actual, "{path}"),
-    }
-}
-
 #[tokio::test]
 async fn a_worker_job_writes_the_result_that_tally_run_prints() {
-    let (_emulator, client) = start().await;
+    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
     jobs.create(
         &PostParams::default(),
@@ -185,7 +122,7 @@ async fn a_worker_job_writes_the_result_that_tally_run_prints() {
 
 #[tokio::test]
 async fn a_failing_worker_reports_why_in_its_termination_message() {
-    let (_emulator, client) = start().await;
+    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     let mut broken = plan("checkout-conversion");
     let sql = broken["sql"]
         .as_str()
@@ -228,7 +165,7 @@ async fn a_failing_worker_reports_why_in_its_termination_message() {
 
 #[tokio::test]
 async fn deleting_the_job_interrupts_the_query_promptly() {
-    let (_emulator, client) = start().await;
+    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
     let mut slow = plan("checkout-conversion");
     // A scan that would run for many minutes.
     slow["sql"] =
