@@ -94,3 +94,29 @@ pub fn assert_close(path: &str, expected: &Value, actual: &Value) {
         _ => assert_eq!(expected, actual, "{path}"),
     }
 }
+
+/// Waits (up to 30 s) until a Pod of the Job `job` runs: its worker has started.
+pub async fn wait_for_running_pod(client: &Client, job: &str) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::{Api, api::ListParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={job}")))
+            .await
+            .expect("listing Pods");
+        let running = list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if running {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker of {job} never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -299,22 +299,7 @@ spec:
     let _controller = ControllerProcess::start(&emulator);
     wait_for_state(&client, "endless", "Running", 60).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let running = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("job-name=endless-1"))
-            .await
-            .unwrap();
-        if list
-            .items
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        {
-            break;
-        }
-        assert!(Instant::now() < running, "the worker never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tally_e2e::wait_for_running_pod(&client, "endless-1").await;
     // A controller restart while Running keeps the one Job.
     drop(_controller);
     let _controller = ControllerProcess::start(&emulator);

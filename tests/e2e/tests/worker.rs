@@ -175,22 +175,7 @@ async fn deleting_the_job_interrupts_the_query_promptly() {
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let running = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels("job-name=slow-1"))
-            .await
-            .unwrap();
-        if list
-            .items
-            .iter()
-            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        {
-            break;
-        }
-        assert!(Instant::now() < running, "the worker never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tally_e2e::wait_for_running_pod(&client, "slow-1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let list = pods
         .list(&ListParams::default().labels("job-name=slow-1"))
