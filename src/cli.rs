@@ -3,15 +3,15 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use crate::api::{
     self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults,
 };
-use crate::engine::{self, EngineError};
 use crate::manifest::{self, ManifestError};
-use crate::plan::{self, CalculationPlan, Catalog, PlanError, RowError};
-use crate::result::{calculation_result, completed_status};
+use crate::plan::{self, CalculationPlan, Catalog, PlanError};
+use crate::result::{self, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -20,14 +20,9 @@ pub enum CliError {
     #[error("{path}: {error}")]
     Plan { path: String, error: PlanError },
     #[error("{calculation}: {error}")]
-    Engine {
+    Run {
         calculation: String,
-        error: EngineError,
-    },
-    #[error("{calculation}: reading the result: {error}")]
-    Rows {
-        calculation: String,
-        error: RowError,
+        error: RunError,
     },
     #[error("no MetricCalculation found in {0}")]
     NothingToRun(String),
@@ -65,16 +60,16 @@ pub fn compile_all(
 
 /// Runs one plan in-process and returns the status the controller would write.
 pub fn run_plan(plan: &CalculationPlan) -> Result<MetricCalculationStatus, CliError> {
-    let started = Timestamp::now();
-    let query = engine::run(plan, |_| {}).map_err(|error| CliError::Engine {
+    let mut status = MetricCalculationStatus {
+        start_time: Some(Time(Timestamp::now())),
+        ..MetricCalculationStatus::default()
+    };
+    let result = result::run(plan, |_| {}).map_err(|error| CliError::Run {
         calculation: plan.calculation.clone(),
         error,
     })?;
-    let result = calculation_result(plan, &query).map_err(|error| CliError::Rows {
-        calculation: plan.calculation.clone(),
-        error,
-    })?;
-    Ok(completed_status(plan, result, started, Timestamp::now()))
+    result::complete(&mut status, plan, result, Timestamp::now());
+    Ok(status)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,4 +1,5 @@
-//! From a plan's rows to the calculation's result, as it appears in status (pure).
+//! From a plan to the calculation's result, as it appears in status: [`run`] executes
+//! a plan on its engine; the rest is pure.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -7,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     Analysis, CalculationState, CalculationTimes, MetricCalculationStatus, MetricResults,
 };
-use crate::engine::QueryResult;
+use crate::engine::{self, EngineError, Interrupt, QueryResult};
 use crate::plan::{CalculationPlan, RowError, read_buckets};
 use crate::stats::{AnalysisInput, analyse, summarise};
 
@@ -40,21 +41,35 @@ pub fn calculation_result(
     })
 }
 
-/// The status of a completed calculation.
-pub fn completed_status(
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("reading the result: {0}")]
+    Rows(#[from] RowError),
+}
+
+/// Runs a plan on its engine and summarises the rows. `on_start` receives a handle
+/// that interrupts the query.
+pub fn run(
+    plan: &CalculationPlan,
+    on_start: impl FnOnce(Box<dyn Interrupt>),
+) -> Result<CalculationResult, RunError> {
+    let query = engine::run(plan, on_start)?;
+    Ok(calculation_result(plan, &query)?)
+}
+
+/// Records a completed run in `status`.
+pub fn complete(
+    status: &mut MetricCalculationStatus,
     plan: &CalculationPlan,
     result: CalculationResult,
-    started: Timestamp,
     completed: Timestamp,
-) -> MetricCalculationStatus {
-    MetricCalculationStatus {
-        state: Some(CalculationState::Completed),
-        times: Some(result.times),
-        sql: Some(plan.sql.clone()),
-        metric_results: Some(result.metric_results),
-        analysis: Some(result.analysis),
-        start_time: Some(Time(started)),
-        completion_time: Some(Time(completed)),
-        ..MetricCalculationStatus::default()
-    }
+) {
+    status.state = Some(CalculationState::Completed);
+    status.times = Some(result.times);
+    status.sql = Some(plan.sql.clone());
+    status.metric_results = Some(result.metric_results);
+    status.analysis = Some(result.analysis);
+    status.completion_time = Some(Time(completed));
 }

@@ -16,9 +16,9 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams},
 };
 
-use crate::engine::{self, EngineError, Interrupt};
-use crate::plan::{CalculationPlan, RowError};
-use crate::result::{CalculationResult, calculation_result};
+use crate::engine::Interrupt;
+use crate::plan::CalculationPlan;
+use crate::result::{self, CalculationResult, RunError};
 
 pub const PLAN_ENV: &str = "TALLY_PLAN";
 /// The Job's name and namespace (from the downward API).
@@ -39,10 +39,12 @@ pub enum WorkerError {
     MissingEnv(&'static str),
     #[error("{PLAN_ENV} is not a valid plan: {0}")]
     Plan(serde_json::Error),
+    #[error(transparent)]
+    Run(#[from] RunError),
     #[error("{0}")]
-    Engine(EngineError),
-    #[error("reading the result: {0}")]
-    Rows(RowError),
+    Runtime(String),
+    #[error("the result could not be encoded: {0}")]
+    Encode(serde_json::Error),
     #[error("writing the result to the cluster: {0}")]
     Kube(#[from] kube::Error),
     #[error("the Job {0} has no uid")]
@@ -58,7 +60,7 @@ pub fn result_config_map(job: &Job, result: &CalculationResult) -> Result<Config
     let owner = job
         .controller_owner_ref(&())
         .ok_or_else(|| WorkerError::JobWithoutUid(job.name_any()))?;
-    let json = serde_json::to_string(result).map_err(WorkerError::Plan)?;
+    let json = serde_json::to_string(result).map_err(WorkerError::Encode)?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(result_config_map_name(&job.name_any())),
@@ -78,23 +80,19 @@ fn env(name: &'static str) -> Result<String, WorkerError> {
 
 /// Runs the plan on a blocking thread; SIGTERM interrupts the query.
 async fn execute(plan: CalculationPlan) -> Result<CalculationResult, WorkerError> {
+    // Installed before the query starts, so no SIGTERM goes unanswered.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| WorkerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
     let interrupt: Arc<Mutex<Option<Box<dyn Interrupt>>>> = Arc::default();
     let slot = interrupt.clone();
     let mut task = tokio::task::spawn_blocking(move || {
-        let query = engine::run(&plan, |handle| {
+        result::run(&plan, |handle| {
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(handle);
             }
         })
-        .map_err(WorkerError::Engine)?;
-        calculation_result(&plan, &query).map_err(WorkerError::Rows)
     });
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| {
-        WorkerError::Engine(EngineError::Query(format!(
-            "installing the SIGTERM handler: {e}"
-        )))
-    })?;
     let joined = tokio::select! {
         joined = &mut task => joined,
         _ = terminate.recv() => {
@@ -105,9 +103,9 @@ async fn execute(plan: CalculationPlan) -> Result<CalculationResult, WorkerError
             task.await
         }
     };
-    joined.map_err(|e| {
-        WorkerError::Engine(EngineError::Query(format!("the query thread failed: {e}")))
-    })?
+    let result =
+        joined.map_err(|e| WorkerError::Runtime(format!("the query thread failed: {e}")))?;
+    Ok(result?)
 }
 
 pub async fn run() -> Result<(), WorkerError> {

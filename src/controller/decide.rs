@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{CalculationState, MetricCalculationStatus};
 use crate::plan::{CalculationPlan, PlanError};
-use crate::result::{CalculationResult, completed_status};
+use crate::result::{CalculationResult, complete};
 
 /// A table whose data is not yet delivered as far as a calculation needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +122,20 @@ fn transition(
             condition(type_, value, reason, message, o),
         );
     }
+    status
+}
+
+/// The status of a calculation whose Job runs the plan.
+fn running(o: &Observed, plan: &CalculationPlan) -> MetricCalculationStatus {
+    let mut status = transition(
+        o,
+        CalculationState::Running,
+        "JobCreated",
+        &format!("Job {} runs the calculation", o.job_name),
+    );
+    status.sql = Some(plan.sql.clone());
+    status.sql_job = Some(o.job_name.clone());
+    status.times = Some(plan.times.to_status());
     status
 }
 
@@ -277,15 +291,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 }
                 return vec![set(status), event("Waiting", message)];
             }
-            let mut status = transition(
-                o,
-                CalculationState::Running,
-                "JobCreated",
-                &format!("Job {} runs the calculation", o.job_name),
-            );
-            status.sql = Some(plan.sql.clone());
-            status.sql_job = Some(o.job_name.clone());
-            status.times = Some(plan.times.to_status());
+            let mut status = running(o, plan);
             status.start_time = Some(Time(o.now));
             status.completion_time = None;
             vec![
@@ -301,32 +307,17 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 Vec::new()
             } else {
                 // The Job exists but status does not say so (a write lost before a restart).
-                let mut status = transition(
-                    o,
-                    CalculationState::Running,
-                    "JobCreated",
-                    &format!("Job {} runs the calculation", o.job_name),
-                );
-                status.sql = Some(plan.sql.clone());
-                status.sql_job = Some(o.job_name.clone());
-                status.times = Some(plan.times.to_status());
-                vec![set(status)]
+                vec![set(running(o, plan))]
             }
         }
         JobState::Succeeded(Ok(result)) => {
-            let started = o.status.start_time.as_ref().map(|t| t.0).unwrap_or(o.now);
-            let completed = completed_status(plan, result.clone(), started, o.now);
             let mut status = transition(
                 o,
                 CalculationState::Completed,
                 "Completed",
                 "the calculation completed",
             );
-            status.times = completed.times;
-            status.metric_results = completed.metric_results;
-            status.analysis = completed.analysis;
-            status.sql = completed.sql;
-            status.completion_time = completed.completion_time;
+            complete(&mut status, plan, result.clone(), o.now);
             status.error = None;
             vec![set(status), event("Completed", "the calculation completed")]
         }
