@@ -225,28 +225,23 @@ async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobSt
     Ok(JobState::Running)
 }
 
+/// Every field of a calculation's status, from its schema, so a patch can clear what
+/// the new status lacks.
+static STATUS_FIELDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let schema = schemars::schema_for!(crate::api::MetricCalculationStatus);
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| properties.keys().cloned().collect())
+        .unwrap_or_default()
+});
+
 /// A merge patch that replaces the whole status: fields the new status lacks are nulled.
 fn status_patch(status: &crate::api::MetricCalculationStatus) -> Value {
     let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut value {
-        for field in [
-            "state",
-            "conditions",
-            "observedGeneration",
-            "times",
-            "sql",
-            "sqlJob",
-            "metricResults",
-            "analysis",
-            "error",
-            "schedule",
-            "scheduleIteration",
-            "supersededBy",
-            "superseeds",
-            "startTime",
-            "completionTime",
-        ] {
-            map.entry(field).or_insert(Value::Null);
+        for field in STATUS_FIELDS.iter() {
+            map.entry(field.clone()).or_insert(Value::Null);
         }
     }
     serde_json::json!({ "status": value })
@@ -450,4 +445,26 @@ pub async fn run(client: Client, defaults: JobDefaults) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_patch_clears_every_field_the_new_status_lacks() {
+        let patch = status_patch(&crate::api::MetricCalculationStatus::default());
+        let status = patch["status"].as_object().unwrap();
+        for field in [
+            "state",
+            "error",
+            "metricResults",
+            "analysis",
+            "superseeds",
+            "completionTime",
+        ] {
+            assert_eq!(status.get(field), Some(&Value::Null), "{field}");
+        }
+        assert_eq!(status.len(), 15);
+    }
 }
