@@ -36,7 +36,7 @@ use crate::api::{
     CANCEL_ANNOTATION, Delivery, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
     MetricCalculation, TableStatus, Warehouse,
 };
-use crate::plan::{self, Catalog};
+use crate::plan::{self, Catalog, ResolvedCalculation, TableRead};
 use crate::result::CalculationResult;
 use crate::worker::{RESULT_KEY, result_config_map_name};
 
@@ -108,53 +108,41 @@ fn delivered_until(
 
 /// The first table the calculation reads whose data is not delivered far enough.
 fn data_wait(
-    calculation: &MetricCalculation,
+    resolved: &ResolvedCalculation,
     catalog: &Catalog,
-    need: Timestamp,
     now: Timestamp,
 ) -> Option<DataWait> {
-    let template = &calculation.spec.calculation;
-    let mut tables: Vec<(String, Option<&TableStatus>, Option<&Delivery>)> = Vec::new();
-    if let Some(t) = catalog.exposure_tables.get(&template.exposure_table) {
-        tables.push((
-            format!("ExposureTable/{}", t.name_any()),
-            t.status.as_ref(),
-            t.spec.delivery.as_ref(),
-        ));
-    }
-    if let Some(metric) = catalog.metrics.get(&template.metric) {
-        let sides = [
-            metric.spec.average.as_ref().map(|a| &a.measurement),
-            metric.spec.ratio.as_ref().map(|r| &r.numerator),
-            metric.spec.ratio.as_ref().map(|r| &r.denominator),
-        ];
-        for side in sides.into_iter().flatten() {
-            if let Some(t) = catalog.fact_tables.get(&side.fact_table) {
-                tables.push((
-                    format!("FactTable/{}", t.name_any()),
+    let need = resolved.times.fact_end;
+    resolved.tables.iter().find_map(|table| {
+        let (kind, name, status, delivery) = match table {
+            TableRead::Exposure(name) => catalog.exposure_tables.get(name).map(|t| {
+                (
+                    "ExposureTable",
+                    name,
                     t.status.as_ref(),
                     t.spec.delivery.as_ref(),
-                ));
-            }
-        }
-    }
-    for split in &template.split_dimensions {
-        if let Some(t) = split
-            .dimension_table
-            .as_ref()
-            .and_then(|n| catalog.dimension_tables.get(n))
-        {
-            tables.push((
-                format!("DimensionTable/{}", t.name_any()),
-                t.status.as_ref(),
-                t.spec.delivery.as_ref(),
-            ));
-        }
-    }
-    tables.into_iter().find_map(|(table, status, delivery)| {
+                )
+            }),
+            TableRead::Fact(name) => catalog.fact_tables.get(name).map(|t| {
+                (
+                    "FactTable",
+                    name,
+                    t.status.as_ref(),
+                    t.spec.delivery.as_ref(),
+                )
+            }),
+            TableRead::Dimension(name) => catalog.dimension_tables.get(name).map(|t| {
+                (
+                    "DimensionTable",
+                    name,
+                    t.status.as_ref(),
+                    t.spec.delivery.as_ref(),
+                )
+            }),
+        }?;
         match delivered_until(status, delivery, now) {
             Some(until) if until.is_none_or(|u| u < need) => Some(DataWait {
-                table,
+                table: format!("{kind}/{name}"),
                 need_until: need,
                 delivered_until: until,
             }),
@@ -258,11 +246,12 @@ async fn reconcile(
     let generation = calculation.metadata.generation.unwrap_or(1);
     let now = Timestamp::now();
     let catalog = catalog(&ctx.client, &namespace).await?;
-    let plan = plan::resolve(&calculation, &catalog).map(|r| plan::compile(&r));
-    let waiting = plan
+    let resolved = plan::resolve(&calculation, &catalog);
+    let waiting = resolved
         .as_ref()
         .ok()
-        .and_then(|p| data_wait(&calculation, &catalog, p.times.fact_end, now));
+        .and_then(|r| data_wait(r, &catalog, now));
+    let plan = resolved.map(|r| plan::compile(&r));
     let job_name = job_name(&name, generation);
     let job = job_state(&ctx.client, &namespace, &job_name).await?;
     let observed = Observed {

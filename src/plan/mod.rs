@@ -18,7 +18,7 @@ use crate::api::{CalculationTimes, DuckDbSettings, Engine};
 use crate::stats::MeasureShape;
 
 pub use catalog::Catalog;
-pub use resolve::{ResolvedCalculation, resolve};
+pub use resolve::{ResolvedCalculation, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};
 
 /// A resource that failed to resolve, and how to fix it.

@@ -25,6 +25,15 @@ pub struct ResolvedCalculation {
     pub exposure_groups: Vec<String>,
     pub control: String,
     pub times: PlanTimes,
+    /// Every table the calculation reads, once each (data readiness is checked on them).
+    pub tables: Vec<TableRead>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableRead {
+    Exposure(String),
+    Fact(String),
+    Dimension(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +166,12 @@ pub fn resolve(
             )
         })?;
     let exposure_name = format!("ExposureTable/{}", exposure_table.name_any());
+    let mut tables = vec![TableRead::Exposure(exposure_table.name_any())];
+    let mut read = |table: TableRead| {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    };
 
     // The calculation's warehouse, else the exposure table's, else embedded DuckDB.
     let (warehouse_name, warehouse_field, warehouse_referrer) =
@@ -238,6 +253,7 @@ pub fn resolve(
             )
         })?;
         let fact_name = format!("FactTable/{}", fact.name_any());
+        read(TableRead::Fact(fact.name_any()));
         same_warehouse(&fact_name, &fact.spec.warehouse)?;
         let filter = match &side.filter {
             Some(filter) => {
@@ -400,6 +416,7 @@ pub fn resolve(
                     )
                 })?;
                 let table_ref = format!("DimensionTable/{}", table.name_any());
+                read(TableRead::Dimension(table.name_any()));
                 same_warehouse(&table_ref, &table.spec.warehouse)?;
                 let (index, declared) = table
                     .spec
@@ -500,6 +517,7 @@ pub fn resolve(
         dimensions,
         exposure_groups: template.exposure_groups.clone(),
         control: template.control().to_string(),
+        tables,
         times: PlanTimes {
             exposure_start: start,
             exposure_end,

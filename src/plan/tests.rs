@@ -255,6 +255,14 @@ spec:
 "#;
     let resolved = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, metric)).unwrap();
     assert_eq!(resolved.fact_reads.len(), 1);
+    assert_eq!(
+        resolved.tables,
+        [
+            TableRead::Exposure("exposures".into()),
+            TableRead::Fact("purchases".into())
+        ],
+        "each table read once"
+    );
     let plan = compile(&resolved);
     assert!(plan.layout.ratio);
     assert_eq!(
