@@ -120,3 +120,35 @@ pub async fn wait_for_running_pod(client: &Client, job: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Runs `tally` with `args` and parses its JSON output.
+pub fn tally_json(args: &[&str]) -> Value {
+    let output = std::process::Command::new(tally_bin())
+        .args(args)
+        .output()
+        .expect("tally runs");
+    assert!(
+        output.status.success(),
+        "tally {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// The status `tally run` prints for an example calculation: what the controller
+/// must write too.
+pub fn printed_status(calculation: &str) -> Value {
+    let example = example();
+    let printed = tally_json(&[
+        "run",
+        "-f",
+        example.to_str().expect("a UTF-8 path"),
+        "-o",
+        "json",
+    ]);
+    printed
+        .as_array()
+        .and_then(|items| items.iter().find(|c| c["metadata"]["name"] == calculation))
+        .map(|c| c["status"].clone())
+        .unwrap_or_else(|| panic!("tally run printed no {calculation}"))
+}

@@ -13,7 +13,7 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-use tally_e2e::{IMAGE, assert_close, example, tally_bin};
+use tally_e2e::{IMAGE, assert_close, example, printed_status, tally_bin};
 
 /// The example's manifests with data paths made absolute (the worker's working
 /// directory is not the manifests' directory).
@@ -94,20 +94,6 @@ async fn calculation_jobs(client: &Client) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn printed_status(name: &str) -> Value {
-    let output = Command::new(tally_bin())
-        .args(["run", "-f", example().to_str().unwrap(), "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let items: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
-    items
-        .into_iter()
-        .find(|i| i["metadata"]["name"] == name)
-        .unwrap()["status"]
-        .clone()
 }
 
 #[tokio::test]

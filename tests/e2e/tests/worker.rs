@@ -1,9 +1,6 @@
 //! `tally worker` as a Job on the API emulator: the Job contract of DESIGN §4.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{
     batch::v1::Job,
@@ -14,17 +11,7 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
 };
 use serde_json::{Value, json};
-use tally_e2e::{IMAGE, assert_close, example, tally_bin};
-
-fn tally_json(args: &[&str]) -> Value {
-    let output = Command::new(tally_bin()).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
+use tally_e2e::{IMAGE, assert_close, example, printed_status, tally_bin, tally_json};
 
 /// The plan of one example calculation, as the controller puts it in a Job.
 fn plan(calculation: &str) -> Value {
@@ -108,13 +95,7 @@ async fn a_worker_job_writes_the_result_that_tally_run_prints() {
     );
     let result: Value = serde_json::from_str(&config_map.data.unwrap()["result.json"]).unwrap();
 
-    let printed = tally_json(&["run", "-f", example().to_str().unwrap(), "-o", "json"]);
-    let status = &printed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["metadata"]["name"] == "checkout-conversion")
-        .unwrap()["status"];
+    let status = printed_status("checkout-conversion");
     for field in ["times", "metricResults", "analysis"] {
         assert_close(field, &status[field], &result[field]);
     }
