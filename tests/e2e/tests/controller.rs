@@ -62,6 +62,14 @@ fn calculations(client: &Client) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
 }
 
+/// Merge-patches a calculation, as `kubectl patch --type merge` or `annotate` would.
+async fn merge_patch(client: &Client, name: &str, patch: Value) {
+    calculations(client)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
 async fn status(client: &Client, name: &str) -> Value {
     let object = calculations(client).get(name).await.unwrap();
     object.data.get("status").cloned().unwrap_or(Value::Null)
@@ -158,14 +166,12 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
     );
 
     // 3. Cancelling a completed calculation changes nothing but says so.
-    calculations(&client)
-        .patch(
-            "checkout-conversion",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}})),
-        )
-        .await
-        .unwrap();
+    merge_patch(
+        &client,
+        "checkout-conversion",
+        json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = status(&client, "checkout-conversion").await;
@@ -184,24 +190,20 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    calculations(&client)
-        .patch(
-            "checkout-conversion",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": null}}})),
-        )
-        .await
-        .unwrap();
+    merge_patch(
+        &client,
+        "checkout-conversion",
+        json!({"metadata": {"annotations": {"tally.dev/cancel": null}}}),
+    )
+    .await;
 
     // 4. A spec change runs again, recording what it supersedes.
-    calculations(&client)
-        .patch(
-            "checkout-max-basket",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"endTime": "2026-11-01T00:00:00Z"}})),
-        )
-        .await
-        .unwrap();
+    merge_patch(
+        &client,
+        "checkout-max-basket",
+        json!({"spec": {"endTime": "2026-11-01T00:00:00Z"}}),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let rerun = loop {
         let s = status(&client, "checkout-max-basket").await;
@@ -297,14 +299,12 @@ spec:
         .collect();
     assert_eq!(endless, ["endless-1"]);
     assert_eq!(status(&client, "endless").await["state"], "Running");
-    calculations(&client)
-        .patch(
-            "endless",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}})),
-        )
-        .await
-        .unwrap();
+    merge_patch(
+        &client,
+        "endless",
+        json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}}),
+    )
+    .await;
     let cancelled = wait_for_state(&client, "endless", "Cancelled", 20).await;
     assert!(cancelled["completionTime"].is_string());
     // The worker is gone well within its grace period: it exited on SIGTERM.
