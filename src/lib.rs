@@ -8,5 +8,6 @@ pub mod engine;
 pub mod manifest;
 pub mod plan;
 pub mod result;
+pub mod schedule;
 pub mod stats;
 pub mod worker;

@@ -3,17 +3,12 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::conditions::{self, set_condition};
+use super::readiness::DataWait;
+
 use crate::api::{CalculationState, MetricCalculationStatus};
 use crate::plan::{CalculationPlan, PlanError};
 use crate::result::{CalculationResult, complete};
-
-/// A table whose data is not yet delivered as far as a calculation needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataWait {
-    pub table: String,
-    pub need_until: Timestamp,
-    pub delivered_until: Option<Timestamp>,
-}
 
 /// What the calculation's Job looks like now.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,32 +52,7 @@ pub enum Action {
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: &str, o: &Observed) -> Condition {
-    Condition {
-        type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        observed_generation: Some(o.generation),
-        last_transition_time: Time(o.now),
-    }
-}
-
-/// Sets a condition, keeping its transition time when its status does not change.
-fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
-    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
-        Some(existing) => {
-            let transition = if existing.status == new.status {
-                existing.last_transition_time.clone()
-            } else {
-                new.last_transition_time.clone()
-            };
-            *existing = Condition {
-                last_transition_time: transition,
-                ..new
-            };
-        }
-        None => conditions.push(new),
-    }
+    conditions::condition(type_, status, reason, message, o.generation, o.now)
 }
 
 /// The status with a new state and the conditions that describe it.
@@ -277,14 +247,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 return vec![set(status), warning("JobLost", message)];
             }
             if let Some(wait) = &o.waiting {
-                let message = format!(
-                    "waiting for {} to be delivered until {} (delivered until {})",
-                    wait.table,
-                    wait.need_until,
-                    wait.delivered_until
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                );
+                let message = wait.message();
                 let status = transition(o, CalculationState::Waiting, "DataNotDelivered", &message);
                 if status == o.status {
                     return Vec::new();

@@ -42,10 +42,7 @@ impl Default for JobDefaults {
 
 /// The deterministic Job name of a calculation's generation (at most 63 characters).
 pub fn job_name(calculation: &str, generation: i64) -> String {
-    let suffix = format!("-{generation}");
-    let keep = 63 - suffix.len();
-    let base: String = calculation.chars().take(keep).collect();
-    format!("{}{suffix}", base.trim_end_matches('-'))
+    super::names::bounded(calculation, &format!("-{generation}"), 63)
 }
 
 pub fn build_job(
@@ -59,7 +56,10 @@ pub fn build_job(
         &calculation.name_any(),
         calculation.metadata.generation.unwrap_or(1),
     );
-    let labels = BTreeMap::from([(CALCULATION_LABEL.to_string(), calculation.name_any())]);
+    let labels = BTreeMap::from([(
+        CALCULATION_LABEL.to_string(),
+        super::names::label_value(&calculation.name_any()),
+    )]);
     let plan_json = serde_json::to_string(plan).ok()?;
     let env = vec![
         EnvVar {

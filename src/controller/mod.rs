@@ -5,8 +5,11 @@
 //! a Job is created, and a finished calculation is never run again unless its spec
 //! changes (a new generation).
 
+mod conditions;
 mod decide;
 mod job;
+mod names;
+mod readiness;
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,14 +32,15 @@ use kube::{
 };
 use serde_json::Value;
 
-pub use decide::{Action, DataWait, JobState, Observed, decide};
+pub use decide::{Action, JobState, Observed, decide};
+pub use readiness::DataWait;
 pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
 
 use crate::api::{
-    CANCEL_ANNOTATION, Delivery, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
-    MetricCalculation, TableStatus, Warehouse,
+    CANCEL_ANNOTATION, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
+    MetricCalculation, Warehouse,
 };
-use crate::plan::{self, Catalog, ResolvedCalculation, TableRead};
+use crate::plan::{self, Catalog};
 use crate::result::CalculationResult;
 use crate::worker::{RESULT_KEY, result_config_map_name};
 
@@ -90,65 +94,6 @@ async fn catalog(client: &Client, namespace: &str) -> Result<Catalog, kube::Erro
         .into_iter()
         .for_each(|r| catalog.add_metric(r));
     Ok(catalog)
-}
-
-/// How far a table's data is delivered: its status mark, else now − assumed lag,
-/// else (neither declared) completely.
-fn delivered_until(
-    status: Option<&TableStatus>,
-    delivery: Option<&Delivery>,
-    now: Timestamp,
-) -> Option<Option<Timestamp>> {
-    if let Some(mark) = status.and_then(|s| s.data_delivered_until.as_ref()) {
-        return Some(Some(mark.0));
-    }
-    let lag = delivery.and_then(|d| d.assume_lag.as_ref())?;
-    Some(now.checked_sub(lag.as_signed()).ok())
-}
-
-/// The first table the calculation reads whose data is not delivered far enough.
-fn data_wait(
-    resolved: &ResolvedCalculation,
-    catalog: &Catalog,
-    now: Timestamp,
-) -> Option<DataWait> {
-    let need = resolved.times.fact_end;
-    resolved.tables.iter().find_map(|table| {
-        let (kind, name, status, delivery) = match table {
-            TableRead::Exposure(name) => catalog.exposure_tables.get(name).map(|t| {
-                (
-                    "ExposureTable",
-                    name,
-                    t.status.as_ref(),
-                    t.spec.delivery.as_ref(),
-                )
-            }),
-            TableRead::Fact(name) => catalog.fact_tables.get(name).map(|t| {
-                (
-                    "FactTable",
-                    name,
-                    t.status.as_ref(),
-                    t.spec.delivery.as_ref(),
-                )
-            }),
-            TableRead::Dimension(name) => catalog.dimension_tables.get(name).map(|t| {
-                (
-                    "DimensionTable",
-                    name,
-                    t.status.as_ref(),
-                    t.spec.delivery.as_ref(),
-                )
-            }),
-        }?;
-        match delivered_until(status, delivery, now) {
-            Some(until) if until.is_none_or(|u| u < need) => Some(DataWait {
-                table: format!("{kind}/{name}"),
-                need_until: need,
-                delivered_until: until,
-            }),
-            _ => None,
-        }
-    })
 }
 
 async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobState, kube::Error> {
@@ -247,10 +192,12 @@ async fn reconcile(
     let now = Timestamp::now();
     let catalog = catalog(&ctx.client, &namespace).await?;
     let resolved = plan::resolve(&calculation, &catalog);
-    let waiting = resolved
-        .as_ref()
-        .ok()
-        .and_then(|r| data_wait(r, &catalog, now));
+    let waiting = resolved.as_ref().ok().and_then(|r| {
+        readiness::first_undelivered(
+            &readiness::deliveries(&r.tables, &catalog, now),
+            r.times.fact_end,
+        )
+    });
     let plan = resolved.map(|r| plan::compile(&r));
     let job_name = job_name(&name, generation);
     let job = job_state(&ctx.client, &namespace, &job_name).await?;
