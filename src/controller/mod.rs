@@ -10,6 +10,7 @@ mod decide;
 mod job;
 mod names;
 mod readiness;
+mod schedule_decide;
 
 use std::{sync::Arc, time::Duration};
 
