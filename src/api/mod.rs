@@ -37,6 +37,21 @@ pub const API_VERSION: &str = "tally.dev/v1alpha1";
 pub const CANCEL_ANNOTATION: &str = "tally.dev/cancel";
 /// Annotation that resumes a cancelled schedule.
 pub const RESUME_ANNOTATION: &str = "tally.dev/resume";
+/// Annotation that recomputes a schedule's newest run as a new iteration; its value
+/// (any text, e.g. a timestamp) tells one request from the next.
+pub const RETRIGGER_ANNOTATION: &str = "tally.dev/retrigger";
+
+/// Label on a schedule's MetricCalculations: the schedule's name.
+pub const SCHEDULE_LABEL: &str = "tally.dev/schedule";
+/// Annotations a schedule writes on the MetricCalculations it makes.
+pub const SCHEDULE_ITERATION_ANNOTATION: &str = "tally.dev/schedule-iteration";
+pub const SCHEDULE_RUN_ANNOTATION: &str = "tally.dev/schedule-run";
+/// Fingerprint of the template and metric a run was made from.
+pub const DEFINITION_ANNOTATION: &str = "tally.dev/definition";
+/// The calculation a run replaces (recorded as `status.superseeds`).
+pub const SUPERSEEDS_ANNOTATION: &str = "tally.dev/superseeds";
+/// The `tally.dev/retrigger` value that made a run.
+pub const RETRIGGERED_BY_ANNOTATION: &str = "tally.dev/retriggered-by";
 
 /// Every CRD Tally serves, in a stable order (the file names of `crds/`).
 pub fn crds() -> Vec<CustomResourceDefinition> {

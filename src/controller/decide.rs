@@ -22,6 +22,14 @@ pub enum JobState {
     Failed(String),
 }
 
+/// The schedule that made a calculation, from the calculation's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleOrigin {
+    pub schedule: String,
+    pub iteration: Option<i64>,
+    pub superseeds: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub generation: i64,
@@ -33,6 +41,7 @@ pub struct Observed {
     /// The name of the Job for the current generation, and its state.
     pub job_name: String,
     pub job: JobState,
+    pub origin: Option<ScheduleOrigin>,
     pub now: Timestamp,
 }
 
@@ -65,6 +74,13 @@ fn transition(
     let mut status = o.status.clone();
     status.state = Some(state);
     status.observed_generation = Some(o.generation);
+    if let Some(origin) = &o.origin {
+        status.schedule = Some(origin.schedule.clone());
+        status.schedule_iteration = origin.iteration;
+        if status.superseeds.is_none() {
+            status.superseeds = origin.superseeds.clone();
+        }
+    }
     let (ready, running, waiting, failed, cancelled) = match state {
         CalculationState::Completed => (true, false, false, false, false),
         CalculationState::Running | CalculationState::Cancelling => {
@@ -357,6 +373,7 @@ mod tests {
             waiting: None,
             job_name: "calc-1".into(),
             job,
+            origin: None,
             now: "2026-11-23T00:00:00Z".parse().unwrap(),
         }
     }
@@ -610,5 +627,26 @@ mod tests {
             (failed.status.as_str(), failed.reason.as_str()),
             ("True", "WorkerFailed")
         );
+    }
+
+    #[test]
+    fn a_schedule_run_records_its_schedule_iteration_and_what_it_supersedes() {
+        let mut o = observed(None, None, JobState::Missing);
+        o.origin = Some(ScheduleOrigin {
+            schedule: "daily".into(),
+            iteration: Some(1),
+            superseeds: Some("daily-0-3".into()),
+        });
+        let status = decide(&o)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::SetStatus(s) => Some(s),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(status.state, Some(Running));
+        assert_eq!(status.schedule.as_deref(), Some("daily"));
+        assert_eq!(status.schedule_iteration, Some(1));
+        assert_eq!(status.superseeds.as_deref(), Some("daily-0-3"));
     }
 }

@@ -5,11 +5,13 @@
 //! a Job is created, and a finished calculation is never run again unless its spec
 //! changes (a new generation).
 
+mod backoff;
 mod conditions;
 mod decide;
 mod job;
 mod names;
 mod readiness;
+mod schedule;
 mod schedule_decide;
 
 use std::{sync::Arc, time::Duration};
@@ -33,13 +35,16 @@ use kube::{
 };
 use serde_json::Value;
 
-pub use decide::{Action, JobState, Observed, decide};
+pub use decide::{Action, JobState, Observed, ScheduleOrigin, decide};
 pub use readiness::DataWait;
+
+use backoff::Backoff;
 pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
 
 use crate::api::{
     CANCEL_ANNOTATION, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
-    MetricCalculation, Warehouse,
+    MetricCalculation, SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL, SUPERSEEDS_ANNOTATION,
+    ScheduledMetricCalculation, Warehouse,
 };
 use crate::plan::{self, Catalog};
 use crate::result::CalculationResult;
@@ -57,6 +62,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub defaults: JobDefaults,
+    backoff: Backoff,
 }
 
 async fn list<K>(client: &Client, namespace: &str) -> Result<Vec<K>, kube::Error>
@@ -159,26 +165,44 @@ async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobSt
     Ok(JobState::Running)
 }
 
-/// Every field of a calculation's status, from its schema, so a patch can clear what
-/// the new status lacks.
-static STATUS_FIELDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-    let schema = schemars::schema_for!(crate::api::MetricCalculationStatus);
-    schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|properties| properties.keys().cloned().collect())
-        .unwrap_or_default()
-});
-
-/// A merge patch that replaces the whole status: fields the new status lacks are nulled.
-fn status_patch(status: &crate::api::MetricCalculationStatus) -> Value {
+/// A merge patch that replaces the whole status: fields the new status lacks (every
+/// property of its schema) are nulled.
+fn status_patch<S: serde::Serialize + schemars::JsonSchema>(status: &S) -> Value {
+    let schema = schemars::schema_for!(S);
     let mut value = serde_json::to_value(status).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut value {
-        for field in STATUS_FIELDS.iter() {
+    if let (Value::Object(map), Some(properties)) = (
+        &mut value,
+        schema.get("properties").and_then(Value::as_object),
+    ) {
+        for field in properties.keys() {
             map.entry(field.clone()).or_insert(Value::Null);
         }
     }
     serde_json::json!({ "status": value })
+}
+
+/// Publishes an Event; one that cannot be written is logged, not worth failing over.
+async fn publish(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, reference).await {
+        tracing::warn!(object = ?reference.name, %error, "could not publish an Event");
+    }
 }
 
 async fn reconcile(
@@ -213,6 +237,7 @@ async fn reconcile(
         waiting,
         job_name: job_name.clone(),
         job,
+        origin: schedule_origin(&calculation),
         now,
     };
     let actions = decide(&observed);
@@ -258,25 +283,8 @@ async fn reconcile(
                 reason,
                 note,
             } => {
-                let event = Event {
-                    type_: if warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: reason.into(),
-                    note: Some(note),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                };
-                // An Event that cannot be written is not worth failing the reconcile.
-                if let Err(e) = ctx
-                    .recorder
-                    .publish(&event, &calculation.object_ref(&()))
-                    .await
-                {
-                    tracing::warn!(calculation = %name, error = %e, "could not publish an Event");
-                }
+                let reference = calculation.object_ref(&());
+                publish(&ctx.recorder, &reference, warning, reason, note).await;
             }
         }
     }
@@ -285,6 +293,23 @@ async fn reconcile(
         Requeue::requeue(Duration::from_secs(30))
     } else {
         Requeue::await_change()
+    })
+}
+
+/// The schedule that made the calculation: its controlling owner, and what the
+/// schedule wrote in the annotations.
+fn schedule_origin(calculation: &MetricCalculation) -> Option<ScheduleOrigin> {
+    let owner = calculation
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "ScheduledMetricCalculation" && o.controller == Some(true))?;
+    let annotations = calculation.annotations();
+    Some(ScheduleOrigin {
+        schedule: owner.name.clone(),
+        iteration: annotations
+            .get(SCHEDULE_ITERATION_ANNOTATION)
+            .and_then(|v| v.parse().ok()),
+        superseeds: annotations.get(SUPERSEEDS_ANNOTATION).cloned(),
     })
 }
 
@@ -302,33 +327,58 @@ fn plan_warehouse(calculation: &MetricCalculation, catalog: &Catalog) -> JobSett
         .unwrap_or_default()
 }
 
-fn error_policy(
-    calculation: Arc<MetricCalculation>,
+/// Logs a failed reconcile and retries it with per-object exponential backoff.
+fn error_policy<K: Resource>(
+    object: Arc<K>,
     error: &ControllerError,
-    _: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Requeue {
-    tracing::warn!(calculation = %calculation.name_any(), %error, "reconcile failed; retrying");
-    Requeue::requeue(Duration::from_secs(5))
+    let key = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    let delay = ctx.backoff.next_delay(&key);
+    tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed; retrying");
+    Requeue::requeue(delay)
 }
 
-/// Runs the controller until SIGTERM or SIGINT.
-pub async fn run(client: Client, defaults: JobDefaults) {
-    let calculations: Api<MetricCalculation> = Api::all(client.clone());
-    let context = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "tally-controller".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        defaults,
-    });
-    let controller = Controller::new(calculations, watcher::Config::default());
+/// Runs a reconcile and forgets the object's failures when it succeeds.
+async fn with_backoff<K, F>(
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> F,
+) -> Result<Requeue, ControllerError>
+where
+    K: Resource,
+    F: std::future::Future<Output = Result<Requeue, ControllerError>>,
+{
+    let key = format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    );
+    let result = reconcile(object, ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.reset(&key);
+    }
+    result
+}
+
+/// Adds watches on everything a calculation can refer to: a change to one
+/// re-reconciles the objects of its namespace (few per namespace; resolution decides
+/// which are affected).
+fn watch_references<K>(controller: Controller<K>, client: &Client) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let store = controller.store();
-    // A change to anything a calculation refers to re-reconciles the calculations of
-    // its namespace (few per namespace; resolution decides which are affected).
     let same_namespace = move |namespace: Option<String>| {
         store
             .state()
@@ -344,44 +394,84 @@ pub async fn run(client: Client, defaults: JobDefaults) {
         same_namespace.clone(),
         same_namespace,
     );
+    let config = watcher::Config::default;
     controller
-        .owns(
-            Api::<Job>::all(client.clone()),
-            watcher::Config::default().labels(CALCULATION_LABEL),
-        )
-        .watches(
-            Api::<Metric>::all(client.clone()),
-            watcher::Config::default(),
-            move |r| m(r.namespace()),
-        )
+        .watches(Api::<Metric>::all(client.clone()), config(), move |r| {
+            m(r.namespace())
+        })
         .watches(
             Api::<ExposureTable>::all(client.clone()),
-            watcher::Config::default(),
+            config(),
             move |r| e(r.namespace()),
         )
-        .watches(
-            Api::<FactTable>::all(client.clone()),
-            watcher::Config::default(),
-            move |r| f(r.namespace()),
-        )
+        .watches(Api::<FactTable>::all(client.clone()), config(), move |r| {
+            f(r.namespace())
+        })
         .watches(
             Api::<DimensionTable>::all(client.clone()),
-            watcher::Config::default(),
+            config(),
             move |r| d(r.namespace()),
         )
-        .watches(
-            Api::<Warehouse>::all(client.clone()),
-            watcher::Config::default(),
-            move |r| w(r.namespace()),
-        )
+        .watches(Api::<Warehouse>::all(client.clone()), config(), move |r| {
+            w(r.namespace())
+        })
+}
+
+/// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
+pub async fn run(client: Client, defaults: JobDefaults) {
+    let context = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tally-controller".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        defaults,
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+    });
+    let calculations = Controller::new(
+        Api::<MetricCalculation>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default().labels(CALCULATION_LABEL),
+    );
+    let calculations = watch_references(calculations, &client)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
+        .run(
+            |object, ctx| with_backoff(object, ctx, reconcile),
+            error_policy,
+            context.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile error");
             }
-        })
-        .await;
+        });
+    let schedules = Controller::new(
+        Api::<ScheduledMetricCalculation>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<MetricCalculation>::all(client.clone()),
+        watcher::Config::default().labels(SCHEDULE_LABEL),
+    );
+    let schedules = watch_references(schedules, &client)
+        .shutdown_on_signal()
+        .run(
+            |object, ctx| with_backoff(object, ctx, schedule::reconcile),
+            error_policy,
+            context,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "schedule reconcile error");
+            }
+        });
+    futures::join!(calculations, schedules);
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use super::conditions::{condition, reason_of, set_condition};
 use super::names;
 use super::readiness::{TableDelivery, first_undelivered};
 use crate::api::{
-    CalculationState, Calculating, ScheduleActivity, ScheduleCancelled, ScheduleError,
-    ScheduleState, Scheduled, ScheduledMetricCalculationStatus, WaitingForData,
+    Calculating, CalculationState, RETRIGGER_ANNOTATION, ScheduleActivity, ScheduleCancelled,
+    ScheduleError, ScheduleState, Scheduled, ScheduledMetricCalculationStatus, WaitingForData,
 };
 use crate::schedule::RunGrid;
 
@@ -84,7 +84,10 @@ pub enum ScheduleAction {
     /// Create the child MetricCalculation of a run.
     CreateRun(NewRun),
     /// Record on a finished child that a newer run replaces it.
-    MarkSuperseded { name: String, by: String },
+    MarkSuperseded {
+        name: String,
+        by: String,
+    },
     /// Ask a running child to cancel (its own controller stops its Job).
     CancelRun(String),
     /// Delete a child beyond the history limits.
@@ -284,8 +287,9 @@ impl<'a> Decider<'a> {
         let retrigger = self.o.retrigger.as_ref();
         let Some(newest) = self.newest() else {
             if retrigger.is_some() {
-                self.actions
-                    .push(ScheduleAction::RemoveAnnotations(vec![RETRIGGER_ANNOTATION]));
+                self.actions.push(ScheduleAction::RemoveAnnotations(vec![
+                    RETRIGGER_ANNOTATION,
+                ]));
                 self.actions.push(event(
                     "RetriggerIgnored",
                     "no run has been made yet: nothing to recompute",
@@ -295,13 +299,11 @@ impl<'a> Decider<'a> {
         };
         let retrigger_done = retrigger.is_some() && newest.retrigger.as_ref() == retrigger;
         if retrigger_done {
-            self.actions
-                .push(ScheduleAction::RemoveAnnotations(vec![RETRIGGER_ANNOTATION]));
+            self.actions.push(ScheduleAction::RemoveAnnotations(vec![
+                RETRIGGER_ANNOTATION,
+            ]));
         }
-        let changed = newest
-            .definition
-            .as_ref()
-            .is_some_and(|d| d != definition);
+        let changed = newest.definition.as_ref().is_some_and(|d| d != definition);
         let retriggered = retrigger.is_some() && !retrigger_done;
         if !changed && !retriggered {
             return false;
@@ -333,8 +335,9 @@ impl<'a> Decider<'a> {
             note,
         );
         if retriggered {
-            self.actions
-                .push(ScheduleAction::RemoveAnnotations(vec![RETRIGGER_ANNOTATION]));
+            self.actions.push(ScheduleAction::RemoveAnnotations(vec![
+                RETRIGGER_ANNOTATION,
+            ]));
         }
         true
     }
@@ -509,9 +512,6 @@ impl<'a> Decider<'a> {
     }
 }
 
-/// The annotation that recomputes a schedule's newest run as a new iteration.
-pub const RETRIGGER_ANNOTATION: &str = "tally.dev/retrigger";
-
 /// What to do about a schedule, given what is observed.
 pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
     use crate::api::{CANCEL_ANNOTATION, RESUME_ANNOTATION};
@@ -603,8 +603,8 @@ fn finish(mut d: Decider<'_>, extra: Option<ScheduleAction>) -> ScheduleDecision
 mod tests {
     use super::*;
     use crate::api::{CANCEL_ANNOTATION, RESUME_ANNOTATION};
-    use jiff::SignedDuration;
     use CalculationState::*;
+    use jiff::SignedDuration;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -627,13 +627,17 @@ mod tests {
         }
 
         fn with_grid(now: &str, hours: &[i64], end: Option<&str>) -> Self {
-            let intervals: Vec<_> = hours.iter().map(|&h| SignedDuration::from_hours(h)).collect();
+            let intervals: Vec<_> = hours
+                .iter()
+                .map(|&h| SignedDuration::from_hours(h))
+                .collect();
             Self {
                 o: ScheduleObserved {
                     name: "daily".into(),
                     generation: 1,
-                    grid: Ok(RunGrid::new(t("2026-11-01T00:00:00Z"), &intervals, end.map(t))
-                        .unwrap()),
+                    grid: Ok(
+                        RunGrid::new(t("2026-11-01T00:00:00Z"), &intervals, end.map(t)).unwrap(),
+                    ),
                     history_limit: DEFAULT_HISTORY_LIMIT,
                     failed_history_limit: DEFAULT_FAILED_HISTORY_LIMIT,
                     status: ScheduledMetricCalculationStatus::default(),
@@ -813,7 +817,10 @@ mod tests {
         // Two more runs come due while the first still runs.
         w.at("2026-11-04T01:00:00Z").settle();
         assert_eq!(w.created_names(), ["daily-0-0"]);
-        assert_eq!(w.activity().calculating.unwrap().metric_calculation, "daily-0-0");
+        assert_eq!(
+            w.activity().calculating.unwrap().metric_calculation,
+            "daily-0-0"
+        );
         w.finish("daily-0-0", Completed);
         w.settle();
         assert_eq!(w.created_names(), ["daily-0-0", "daily-0-2"]);
@@ -829,15 +836,18 @@ mod tests {
         // The controller was down from the 2nd to the 6th at noon: runs 1..=4 were due.
         w.at("2026-11-06T12:00:00Z").settle();
         assert_eq!(w.created_names(), ["daily-0-0", "daily-0-4"]);
-        let skipped = w
-            .o
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "RunsSkipped")
-            .unwrap();
+        let skipped =
+            w.o.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "RunsSkipped")
+                .unwrap();
         assert_eq!(skipped.status, "True");
-        assert!(skipped.message.starts_with("3 earlier run(s)"), "{}", skipped.message);
+        assert!(
+            skipped.message.starts_with("3 earlier run(s)"),
+            "{}",
+            skipped.message
+        );
         assert!(w.events.contains(&"RunsSkipped"));
         assert_eq!(
             w.o.status.next_scheduled_run_time.as_ref().map(|t| t.0),
@@ -925,7 +935,11 @@ mod tests {
         w.o.resume_requested = true;
         let events = w.events.len();
         w.step();
-        assert_eq!(w.events.len(), events, "resuming an active schedule says nothing");
+        assert_eq!(
+            w.events.len(),
+            events,
+            "resuming an active schedule says nothing"
+        );
         assert_eq!(w.created_names(), ["daily-0-0"]);
         w.at("2026-11-06T00:00:00Z").settle();
         assert_eq!(w.created_names(), ["daily-0-0", "daily-0-4"]);
@@ -1066,7 +1080,10 @@ mod tests {
         w.o.generation = 2;
         w.o.grid = Ok(RunGrid::new(
             t("2026-11-01T00:00:00Z"),
-            &[SignedDuration::from_hours(24), SignedDuration::from_hours(6)],
+            &[
+                SignedDuration::from_hours(24),
+                SignedDuration::from_hours(6),
+            ],
             None,
         )
         .unwrap());

@@ -54,6 +54,50 @@ impl PlanError {
         }
     }
 
+    /// The same error seen from a schedule whose template made the calculation: the
+    /// resource and field are the schedule's (`spec.metricCalculationSpec.…`).
+    pub fn from_template(self, calculation: &str, schedule: &str) -> Self {
+        let retarget = |resource: String, field: String| {
+            if resource == calculation {
+                let field = match field.strip_prefix("spec.") {
+                    Some(rest) => format!("spec.metricCalculationSpec.{rest}"),
+                    None => field,
+                };
+                (schedule.to_string(), field)
+            } else {
+                (resource, field)
+            }
+        };
+        match self {
+            Self::MissingReference {
+                referrer,
+                field,
+                kind,
+                name,
+            } => {
+                let (referrer, field) = retarget(referrer, field);
+                Self::MissingReference {
+                    referrer,
+                    field,
+                    kind,
+                    name,
+                }
+            }
+            Self::InvalidField {
+                resource,
+                field,
+                message,
+            } => {
+                let (resource, field) = retarget(resource, field);
+                Self::InvalidField {
+                    resource,
+                    field,
+                    message,
+                }
+            }
+        }
+    }
+
     /// A short CamelCase reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {

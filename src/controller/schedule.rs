@@ -1,0 +1,297 @@
+//! Reconciles ScheduledMetricCalculations into MetricCalculations over time.
+//!
+//! Each reconcile observes the schedule, its children and the tables its runs read,
+//! calls the pure [`decide_schedule`], then applies the actions in order. The children
+//! run through the MetricCalculation controller like any other calculation.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    runtime::controller::Action as Requeue,
+};
+use serde_json::{Value, json};
+
+use super::names::{fnv1a, label_value};
+use super::readiness::deliveries;
+use super::schedule_decide::{
+    Child, DEFAULT_FAILED_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT, NewRun, ScheduleAction,
+    ScheduleObserved, decide_schedule,
+};
+use super::{Context, ControllerError, catalog, publish, status_patch};
+use crate::api::{
+    CANCEL_ANNOTATION, DEFINITION_ANNOTATION, MetricCalculation, MetricCalculationSpec,
+    RESUME_ANNOTATION, RETRIGGER_ANNOTATION, RETRIGGERED_BY_ANNOTATION,
+    SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL, SCHEDULE_RUN_ANNOTATION, SUPERSEEDS_ANNOTATION,
+    ScheduledMetricCalculation,
+};
+use crate::plan::{self, Catalog};
+use crate::schedule::RunGrid;
+
+fn annotation_is_true(schedule: &ScheduledMetricCalculation, name: &str) -> bool {
+    schedule
+        .annotations()
+        .get(name)
+        .is_some_and(|v| v == "true")
+}
+
+fn limit(value: Option<i32>, default: usize) -> usize {
+    value.map_or(default, |v| usize::try_from(v).unwrap_or(0))
+}
+
+/// What a run would compute now, as a fingerprint, with the delivery marks of the
+/// tables it reads; or why the template does not resolve.
+fn definition(
+    schedule: &ScheduledMetricCalculation,
+    grid: &Result<RunGrid, String>,
+    catalog: &Catalog,
+    now: Timestamp,
+) -> (Result<String, String>, Vec<super::readiness::TableDelivery>) {
+    let name = schedule.name_any();
+    let template = &schedule.spec.metric_calculation_spec;
+    let start = schedule.spec.schedule_start_time.0;
+    let end = grid
+        .as_ref()
+        .ok()
+        .and_then(|g| g.fire_time(0))
+        .unwrap_or(start + SignedDuration::from_secs(1));
+    let probe = MetricCalculation::new(
+        &name,
+        MetricCalculationSpec {
+            calculation: template.clone(),
+            start_time: Time(start),
+            end_time: Time(end),
+            exposure_end_time: None,
+        },
+    );
+    match plan::resolve(&probe, catalog) {
+        Ok(resolved) => {
+            let metric = catalog.metrics.get(&template.metric);
+            let identity = json!([
+                template,
+                metric.and_then(|m| m.metadata.uid.clone()),
+                metric.and_then(|m| m.metadata.generation),
+            ]);
+            let fingerprint = format!("{:016x}", fnv1a(identity.to_string().as_bytes()));
+            (Ok(fingerprint), deliveries(&resolved.tables, catalog, now))
+        }
+        Err(error) => (
+            Err(error
+                .from_template(
+                    &format!("MetricCalculation/{name}"),
+                    &format!("ScheduledMetricCalculation/{name}"),
+                )
+                .to_string()),
+            Vec::new(),
+        ),
+    }
+}
+
+/// A MetricCalculation the schedule made, from what the schedule wrote on it.
+fn child(calculation: &MetricCalculation) -> Option<Child> {
+    let annotations = calculation.annotations();
+    Some(Child {
+        name: calculation.name_any(),
+        iteration: annotations
+            .get(SCHEDULE_ITERATION_ANNOTATION)?
+            .parse()
+            .ok()?,
+        run: annotations.get(SCHEDULE_RUN_ANNOTATION)?.parse().ok()?,
+        fire_time: calculation.spec.end_time.0,
+        state: calculation.status.as_ref().and_then(|s| s.state),
+        cancel_requested: annotations
+            .get(CANCEL_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        definition: annotations.get(DEFINITION_ANNOTATION).cloned(),
+        retrigger: annotations.get(RETRIGGERED_BY_ANNOTATION).cloned(),
+    })
+}
+
+/// The child MetricCalculation of a run.
+fn child_calculation(
+    schedule: &ScheduledMetricCalculation,
+    run: &NewRun,
+    definition: &str,
+) -> Option<MetricCalculation> {
+    let owner = schedule.controller_owner_ref(&())?;
+    let mut calculation = MetricCalculation::new(
+        &run.name,
+        MetricCalculationSpec {
+            calculation: schedule.spec.metric_calculation_spec.clone(),
+            start_time: schedule.spec.schedule_start_time.clone(),
+            end_time: Time(run.fire_time),
+            exposure_end_time: None,
+        },
+    );
+    let mut annotations = BTreeMap::from([
+        (
+            SCHEDULE_ITERATION_ANNOTATION.to_string(),
+            run.iteration.to_string(),
+        ),
+        (SCHEDULE_RUN_ANNOTATION.to_string(), run.run.to_string()),
+        (DEFINITION_ANNOTATION.to_string(), definition.to_string()),
+    ]);
+    if let Some(superseeds) = &run.superseeds {
+        annotations.insert(SUPERSEEDS_ANNOTATION.to_string(), superseeds.clone());
+    }
+    if let Some(retrigger) = &run.retrigger {
+        annotations.insert(RETRIGGERED_BY_ANNOTATION.to_string(), retrigger.clone());
+    }
+    calculation.metadata.namespace = schedule.namespace();
+    calculation.metadata.owner_references = Some(vec![owner]);
+    calculation.metadata.labels = Some(BTreeMap::from([(
+        SCHEDULE_LABEL.to_string(),
+        label_value(&schedule.name_any()),
+    )]));
+    calculation.metadata.annotations = Some(annotations);
+    Some(calculation)
+}
+
+/// Treats "already there" (409) or "already gone" (404) as done.
+fn tolerate<T>(result: Result<T, kube::Error>, code: u16) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == code => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn reconcile(
+    schedule: Arc<ScheduledMetricCalculation>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ControllerError> {
+    let namespace = schedule.namespace().ok_or(ControllerError::NoNamespace)?;
+    let name = schedule.name_any();
+    let now = Timestamp::now();
+    let spec = &schedule.spec;
+    let intervals: Vec<SignedDuration> = spec
+        .schedule_intervals
+        .iter()
+        .map(|i| i.as_signed())
+        .collect();
+    let grid = RunGrid::new(
+        spec.schedule_start_time.0,
+        &intervals,
+        spec.schedule_end_time.as_ref().map(|t| t.0),
+    )
+    .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
+    let catalog = catalog(&ctx.client, &namespace).await?;
+    let (definition, deliveries) = definition(&schedule, &grid, &catalog, now);
+
+    let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = schedule.uid();
+    let children: Vec<Child> = calculations
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", label_value(&name))))
+        .await?
+        .items
+        .iter()
+        .filter(|c| {
+            c.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        })
+        .filter_map(child)
+        .collect();
+
+    let observed = ScheduleObserved {
+        name: name.clone(),
+        generation: schedule.metadata.generation.unwrap_or(1),
+        grid,
+        history_limit: limit(spec.calculation_history_limit, DEFAULT_HISTORY_LIMIT),
+        failed_history_limit: limit(
+            spec.failed_calculation_history_limit,
+            DEFAULT_FAILED_HISTORY_LIMIT,
+        ),
+        status: schedule.status.clone().unwrap_or_default(),
+        cancel_requested: annotation_is_true(&schedule, CANCEL_ANNOTATION),
+        resume_requested: annotation_is_true(&schedule, RESUME_ANNOTATION),
+        retrigger: schedule.annotations().get(RETRIGGER_ANNOTATION).cloned(),
+        children,
+        definition,
+        deliveries,
+        now,
+    };
+    let decision = decide_schedule(&observed);
+    let schedules: Api<ScheduledMetricCalculation> =
+        Api::namespaced(ctx.client.clone(), &namespace);
+    let background = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    for action in decision.actions {
+        match action {
+            ScheduleAction::SetStatus(status) => {
+                schedules
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(status_patch(&*status)),
+                    )
+                    .await?;
+            }
+            ScheduleAction::CreateRun(run) => {
+                let Ok(definition) = &observed.definition else {
+                    continue;
+                };
+                let Some(calculation) = child_calculation(&schedule, &run, definition) else {
+                    continue;
+                };
+                tolerate(
+                    calculations
+                        .create(&PostParams::default(), &calculation)
+                        .await,
+                    409,
+                )?;
+            }
+            ScheduleAction::MarkSuperseded { name, by } => {
+                let patch = json!({ "status": { "supersededBy": by } });
+                tolerate(
+                    calculations
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await,
+                    404,
+                )?;
+            }
+            ScheduleAction::CancelRun(name) => {
+                let patch = json!({ "metadata": { "annotations": { CANCEL_ANNOTATION: "true" } } });
+                tolerate(
+                    calculations
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await,
+                    404,
+                )?;
+            }
+            ScheduleAction::DeleteRun(name) => {
+                tolerate(calculations.delete(&name, &background).await, 404)?;
+            }
+            ScheduleAction::RemoveAnnotations(names) => {
+                let annotations: serde_json::Map<String, Value> =
+                    names.iter().map(|n| (n.to_string(), Value::Null)).collect();
+                let patch = json!({ "metadata": { "annotations": annotations } });
+                schedules
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+            }
+            ScheduleAction::Event {
+                warning,
+                reason,
+                note,
+            } => {
+                let reference = schedule.object_ref(&());
+                publish(&ctx.recorder, &reference, warning, reason, note).await;
+            }
+        }
+    }
+    Ok(match decision.wake_at {
+        Some(at) => {
+            let wait = at.duration_since(Timestamp::now());
+            let wait = Duration::try_from(wait).unwrap_or_default();
+            // A little late rather than early: a run fires once its time has passed.
+            Requeue::requeue(wait + Duration::from_millis(20))
+        }
+        None => Requeue::await_change(),
+    })
+}
