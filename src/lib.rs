@@ -1,5 +1,6 @@
 //! Tally: experiment metrics computed in the warehouse, summarised in Kubernetes status.
 
+pub mod annotate;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -66,6 +66,27 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// Cancel a calculation or a schedule (sets tally.dev/cancel): `mc/NAME` or `smc/NAME`.
+    Cancel {
+        /// KIND/NAME, e.g. mc/checkout-conversion or smc/daily-revenue.
+        target: String,
+        /// Default: the namespace of the kubeconfig context.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Resume a cancelled schedule (sets tally.dev/resume): `smc/NAME`.
+    Resume {
+        target: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Recompute a schedule's newest run as a new iteration that supersedes it (sets
+    /// tally.dev/retrigger): `smc/NAME`.
+    Retrigger {
+        target: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
     /// Print the CustomResourceDefinitions as YAML (or write one file per kind).
     Crds {
         #[arg(long)]
@@ -93,6 +114,15 @@ fn main() -> ExitCode {
             worker_service_account,
             log_format,
         } => return controller(worker_image, worker_service_account, log_format),
+        Command::Cancel { target, namespace } => {
+            return annotate(&target, namespace, tally::annotate::Request::Cancel);
+        }
+        Command::Resume { target, namespace } => {
+            return annotate(&target, namespace, tally::annotate::Request::Resume);
+        }
+        Command::Retrigger { target, namespace } => {
+            return annotate(&target, namespace, tally::annotate::Request::Retrigger);
+        }
         _ => {}
     }
     let output = match args.command {
@@ -103,7 +133,11 @@ fn main() -> ExitCode {
         } => cli::sql(&files),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
         Command::Plan { files } => cli::plans(&files),
-        Command::Worker | Command::Controller { .. } => unreachable!("handled above"),
+        Command::Worker
+        | Command::Controller { .. }
+        | Command::Cancel { .. }
+        | Command::Resume { .. }
+        | Command::Retrigger { .. } => unreachable!("handled above"),
         Command::Bench {
             entities,
             facts,
@@ -184,6 +218,34 @@ fn controller(
         tally::controller::run(client, defaults).await;
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS
+    })
+}
+
+fn annotate(
+    target: &str,
+    namespace: Option<String>,
+    request: tally::annotate::Request,
+) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let result = match kube::Client::try_default().await {
+            Ok(client) => tally::annotate::annotate(client, namespace.as_deref(), target, request)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("connecting to the cluster: {e}")),
+        };
+        match result {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 
