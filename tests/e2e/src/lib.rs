@@ -152,3 +152,51 @@ pub fn printed_status(calculation: &str) -> Value {
         .map(|c| c["status"].clone())
         .unwrap_or_else(|| panic!("tally run printed no {calculation}"))
 }
+
+/// A `tally controller` process against the emulator; killed when dropped.
+pub struct ControllerProcess(std::process::Child);
+
+impl ControllerProcess {
+    pub fn start(emulator: &kube_emulator::Emulator) -> Self {
+        let child = std::process::Command::new(tally_bin())
+            .args(["controller", "--worker-image", IMAGE])
+            .env("KUBECONFIG", emulator.kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("the controller starts");
+        Self(child)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An API for a Tally kind in namespace `default`, untyped (what `kubectl` sees).
+pub fn tally_api(client: &Client, kind: &str) -> kube::Api<kube::api::DynamicObject> {
+    let gvk = kube::core::GroupVersionKind::gvk("tally.dev", "v1alpha1", kind);
+    kube::Api::namespaced_with(
+        client.clone(),
+        "default",
+        &kube::core::ApiResource::from_gvk(&gvk),
+    )
+}
+
+/// Runs `tally` with `args` against the emulator (e.g. `cancel smc/NAME`) and returns
+/// its standard output; panics when it fails.
+pub fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
+    let output = std::process::Command::new(tally_bin())
+        .args(args)
+        .env("KUBECONFIG", emulator.kubeconfig_path())
+        .output()
+        .expect("tally runs");
+    assert!(
+        output.status.success(),
+        "tally {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

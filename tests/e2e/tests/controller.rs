@@ -1,10 +1,7 @@
 //! `tally controller` end to end on the API emulator: the controller binary reconciles
 //! MetricCalculations into Jobs that run the real `tally worker`.
 
-use std::{
-    process::{Child, Command},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
@@ -13,7 +10,7 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-use tally_e2e::{IMAGE, assert_close, example, printed_status, tally_bin};
+use tally_e2e::{ControllerProcess, assert_close, example, printed_status, tally_bin};
 
 /// The example's manifests with data paths made absolute (the worker's working
 /// directory is not the manifests' directory).
@@ -33,28 +30,6 @@ fn example_manifests() -> String {
     })
     .collect::<Vec<_>>()
     .join("\n---\n")
-}
-
-/// The controller process; killed when dropped.
-struct ControllerProcess(Child);
-
-impl ControllerProcess {
-    fn start(emulator: &kube_emulator::Emulator) -> Self {
-        let child = Command::new(tally_bin())
-            .args(["controller", "--worker-image", IMAGE])
-            .env("KUBECONFIG", emulator.kubeconfig_path())
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn calculations(client: &Client) -> Api<DynamicObject> {
