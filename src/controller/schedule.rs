@@ -228,7 +228,7 @@ pub async fn reconcile(
                     .patch_status(
                         &name,
                         &PatchParams::default(),
-                        &Patch::Merge(status_patch(&*status)),
+                        &Patch::Merge(status_patch(schedule.status.as_ref(), &*status)),
                     )
                     .await?;
             }

@@ -186,12 +186,14 @@ pub fn tally_api(client: &Client, kind: &str) -> kube::Api<kube::api::DynamicObj
 }
 
 /// Runs `tally` with `args` against the emulator (e.g. `cancel smc/NAME`) and returns
-/// its standard output; panics when it fails.
-pub fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
-    let output = std::process::Command::new(tally_bin())
+/// its standard output; panics when it fails. Async: the emulator serving the
+/// command runs on the test's own runtime.
+pub async fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(tally_bin())
         .args(args)
         .env("KUBECONFIG", emulator.kubeconfig_path())
         .output()
+        .await
         .expect("tally runs");
     assert!(
         output.status.success(),
@@ -199,4 +201,125 @@ pub fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The example's manifests as one multi-document YAML, with `files` made absolute
+/// (a worker's working directory is not the manifests' directory).
+pub fn example_manifests() -> String {
+    let data = format!("files: {}/data/", example().display());
+    [
+        "warehouse.yaml",
+        "tables.yaml",
+        "metrics.yaml",
+        "calculations.yaml",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(example().join(f))
+            .expect("an example manifest")
+            .replace("files: data/", &data)
+    })
+    .collect::<Vec<_>>()
+    .join("\n---\n")
+}
+
+/// A test tool is missing: the test passes with a `SKIPPED` note, or fails when
+/// `TALLY_REQUIRE_TOOLS` is set (as in CI). Returns so the caller can `return`.
+pub fn tool_unavailable(message: &str) {
+    assert!(
+        std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(),
+        "required tool unavailable: {message}"
+    );
+    eprintln!("SKIPPED: {message}");
+}
+
+/// The Helm chart's directory.
+pub fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/tally")
+        .canonicalize()
+        .expect("charts/tally")
+}
+
+/// Runs `tests/e2e/helm.py` (Helm's Go SDK through PyPI `helm-python-sdk`) with
+/// `args`. `None` when Python or the SDK is missing (see [`tool_unavailable`]);
+/// otherwise its output, successful or not.
+pub fn helm(args: &[&str]) -> Option<std::process::Output> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm.py");
+    match std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+    {
+        Ok(output) if output.status.code() == Some(3) => {
+            tool_unavailable(String::from_utf8_lossy(&output.stderr).trim());
+            None
+        }
+        Ok(output) => Some(output),
+        Err(e) => {
+            tool_unavailable(&format!("python3 is not runnable: {e}"));
+            None
+        }
+    }
+}
+
+/// [`helm`] that must succeed, its JSON output parsed.
+pub fn helm_json(args: &[&str]) -> Option<Value> {
+    let output = helm(args)?;
+    assert!(
+        output.status.success(),
+        "helm.py {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_slice(&output.stdout).expect("helm.py prints JSON"))
+}
+
+/// Validates Kubernetes objects with `kubernetes-validate --strict` (PyPI) against
+/// Kubernetes `version` (its newest when `None`): Kubernetes' own schemas for built-in
+/// kinds. Returns false when the tool is missing (see [`tool_unavailable`]).
+pub fn kubernetes_validate(objects: &[Value], version: Option<&str>) -> bool {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-validate-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let files: Vec<PathBuf> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, object)| {
+            let file = dir.join(format!(
+                "{i:03}-{}.json",
+                object["kind"].as_str().unwrap_or("")
+            ));
+            std::fs::write(&file, object.to_string()).expect("writing a manifest");
+            file
+        })
+        .collect();
+    let mut command = std::process::Command::new("kubernetes-validate");
+    command.args(["--strict", "--quiet"]);
+    if let Some(version) = version {
+        command.args(["--kubernetes-version", version]);
+    }
+    let output = command.args(&files).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => {
+            tool_unavailable(&format!(
+                "kubernetes-validate is not runnable ({e}): pip install kubernetes-validate"
+            ));
+            return false;
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && !text.contains("ERROR"),
+        "kubernetes-validate {version:?} failed:\n{text}"
+    );
+    true
 }
