@@ -1,0 +1,542 @@
+//! The Helm chart (`charts/tally`): rendered by Helm's Go SDK (PyPI
+//! `helm-python-sdk`, through `tests/e2e/helm.py`), linted, validated against
+//! Kubernetes' schemas with `kubernetes-validate --strict`, and installed with
+//! `helm install` on the API emulator, where its Deployment runs the controller that
+//! completes the example calculations.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod, events::v1::Event};
+use kube::{
+    Api,
+    api::{DynamicObject, ListParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
+use tally_e2e::{assert_close, chart_dir, example_manifests, printed_status, tally_bin};
+
+/// The chart's appVersion: the default image tag.
+fn app_version() -> String {
+    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .expect("an appVersion")
+}
+
+/// `helm template --include-crds` of the chart with `values`, after a strict lint;
+/// `None` when the Helm SDK is not installed.
+fn render(values: Value) -> Option<Vec<Value>> {
+    let chart = chart_dir();
+    let rendered = tally_e2e::helm_json(&[
+        "template",
+        chart.to_str().unwrap(),
+        "--name",
+        "tally",
+        "--namespace",
+        "tally-system",
+        "--values",
+        &values.to_string(),
+    ])?;
+    let lint = &rendered["lint"];
+    let problems: Vec<&Value> = lint["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["severity"].as_i64() != Some(1)) // 1 is INFO ("icon is recommended")
+        .collect();
+    assert!(
+        problems.is_empty() && lint["errors"].as_array().unwrap().is_empty(),
+        "helm lint --strict: {lint:#}"
+    );
+    Some(
+        rendered["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["object"].clone())
+            .collect(),
+    )
+}
+
+/// Validates against the newest Kubernetes and the chart's oldest (`kubeVersion`).
+fn validate(objects: &[Value]) -> bool {
+    tally_e2e::kubernetes_validate(objects, None)
+        && tally_e2e::kubernetes_validate(objects, Some("1.28.0"))
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {:#?}", names(objects)))
+}
+
+fn names(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// An RBAC rule list as sorted `group/resource: verbs` lines.
+fn rules(role: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let mut verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        verbs.sort();
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                lines.push(format!(
+                    "{}/{}: {}",
+                    group.as_str().unwrap(),
+                    resource.as_str().unwrap(),
+                    verbs.join(",")
+                ));
+            }
+        }
+    }
+    lines.sort();
+    lines
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_default_chart_is_valid_least_privilege_and_restricted() {
+    let Some(objects) = render(json!({})) else {
+        return;
+    };
+    if !validate(&objects) {
+        return;
+    }
+    let mut kinds: Vec<String> = names(&objects);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole /tally-controller",
+            "ClusterRole /tally-worker",
+            "ClusterRoleBinding /tally-controller",
+            "CustomResourceDefinition /dimensiontables.tally.dev",
+            "CustomResourceDefinition /exposuretables.tally.dev",
+            "CustomResourceDefinition /facttables.tally.dev",
+            "CustomResourceDefinition /metriccalculations.tally.dev",
+            "CustomResourceDefinition /metrics.tally.dev",
+            "CustomResourceDefinition /scheduledmetriccalculations.tally.dev",
+            "CustomResourceDefinition /warehouses.tally.dev",
+            "Deployment tally-system/tally-controller",
+            "RoleBinding tally-system/tally-worker",
+            "ServiceAccount tally-system/tally-controller",
+            "ServiceAccount tally-system/tally-worker",
+        ]
+    );
+
+    // The controller may do what `tally controller` does, and nothing else.
+    assert_eq!(
+        rules(find(&objects, "ClusterRole", "tally-controller")),
+        [
+            "/configmaps: get",
+            "/pods: list",
+            "batch/jobs: create,delete,get,list,watch",
+            "events.k8s.io/events: create,patch",
+            "tally.dev/dimensiontables: list,watch",
+            "tally.dev/exposuretables: list,watch",
+            "tally.dev/facttables: list,watch",
+            "tally.dev/metriccalculations/status: patch",
+            "tally.dev/metriccalculations: create,delete,get,list,patch,watch",
+            "tally.dev/metrics: list,watch",
+            "tally.dev/scheduledmetriccalculations/status: patch",
+            "tally.dev/scheduledmetriccalculations: get,list,patch,watch",
+            "tally.dev/warehouses: list,watch",
+        ]
+    );
+    let binding = find(&objects, "ClusterRoleBinding", "tally-controller");
+    assert_eq!(binding["roleRef"]["name"], "tally-controller");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "tally-controller", "namespace": "tally-system"}])
+    );
+    // The worker reads its Job and applies its result ConfigMap, in its namespace only.
+    assert_eq!(
+        rules(find(&objects, "ClusterRole", "tally-worker")),
+        ["/configmaps: create,get,patch", "batch/jobs: get"]
+    );
+    let worker_binding = find(&objects, "RoleBinding", "tally-worker");
+    assert_eq!(
+        (
+            &worker_binding["roleRef"]["kind"],
+            &worker_binding["roleRef"]["name"]
+        ),
+        (&json!("ClusterRole"), &json!("tally-worker"))
+    );
+    assert_eq!(
+        worker_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "tally-worker", "namespace": "tally-system"}])
+    );
+
+    let deployment = find(&objects, "Deployment", "tally-controller");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "tally-controller");
+    let image = format!("ghcr.io/tally-dev/tally:{}", app_version());
+    let controller = container(deployment);
+    assert_eq!(controller["image"], image.as_str());
+    assert_eq!(controller["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        strings(&controller["args"]),
+        [
+            "controller",
+            &format!("--worker-image={image}"),
+            "--worker-service-account=tally-worker",
+            "--log-format=json",
+        ]
+    );
+    let pod_name = controller["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_NAME")
+        .expect("POD_NAME for the Event reporter");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // The restricted Pod Security Standard.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let security = &controller["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    assert!(controller["resources"]["requests"]["memory"].is_string());
+    assert!(controller["resources"]["limits"]["memory"].is_string());
+}
+
+#[test]
+fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
+    let Some(objects) = render(json!({
+        "fullnameOverride": "metrics",
+        "image": {"repository": "registry.example/tally", "tag": "9.9.9", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "registry"}],
+        "logFormat": "text",
+        "logLevel": "debug",
+        "extraArgs": ["--example=1"],
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+        "podAnnotations": {"example.com/scrape": "false"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "tally", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
+            ]}]
+        }}},
+        "worker": {
+            "image": {"repository": "registry.example/tally-worker", "tag": "9.9.10"},
+            "serviceAccount": {"name": "calculations", "annotations": {"example.com/role": "reader"}},
+            "namespaces": ["analytics", "growth"],
+        },
+    })) else {
+        return;
+    };
+    if !validate(&objects) {
+        return;
+    }
+    let deployment = find(&objects, "Deployment", "metrics-controller");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let controller = container(deployment);
+    assert_eq!(controller["image"], "registry.example/tally:9.9.9");
+    assert_eq!(controller["imagePullPolicy"], "Always");
+    assert_eq!(
+        strings(&controller["args"]),
+        [
+            "controller",
+            "--worker-image=registry.example/tally-worker:9.9.10",
+            "--worker-service-account=calculations",
+            "--log-format=text",
+            "--example=1",
+        ]
+    );
+    let env = &controller["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "RUST_LOG", "value": "debug"}))
+    );
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "TZ", "value": "UTC"}))
+    );
+    // Helm merges maps with the defaults: the default memory limit stays.
+    assert_eq!(
+        controller["resources"],
+        json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "512Mi"}})
+    );
+    assert_eq!(pod["imagePullSecrets"], json!([{"name": "registry"}]));
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+    assert!(pod["affinity"]["nodeAffinity"].is_object());
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["annotations"],
+        json!({"example.com/scrape": "false"})
+    );
+    // The worker's ServiceAccount and RoleBinding in each namespace, nowhere else.
+    for namespace in ["analytics", "growth"] {
+        let account = objects
+            .iter()
+            .find(|o| o["kind"] == "ServiceAccount" && o["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no worker ServiceAccount in {namespace}"));
+        assert_eq!(account["metadata"]["name"], "calculations");
+        assert_eq!(
+            account["metadata"]["annotations"]["example.com/role"],
+            "reader"
+        );
+        let binding = objects
+            .iter()
+            .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no worker RoleBinding in {namespace}"));
+        assert_eq!(binding["roleRef"]["name"], "metrics-worker");
+        assert_eq!(binding["subjects"][0]["name"], "calculations");
+        assert_eq!(binding["subjects"][0]["namespace"], namespace);
+    }
+    let bound: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding")
+        .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(bound, ["analytics", "growth"]);
+}
+
+#[test]
+fn without_rbac_and_accounts_the_chart_creates_neither() {
+    let Some(objects) = render(json!({
+        "rbac": {"create": false},
+        "serviceAccount": {"create": false, "name": "existing"},
+        "worker": {"serviceAccount": {"create": false}},
+    })) else {
+        return;
+    };
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .filter(|k| *k != "CustomResourceDefinition")
+        .collect();
+    assert_eq!(kinds, ["Deployment"]);
+    let deployment = &objects[objects.len() - 1];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing"
+    );
+    // No worker account: calculation Jobs run as their namespace's default account.
+    let args = strings(&container(deployment)["args"]);
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--worker-service-account")),
+        "{args:?}"
+    );
+}
+
+#[test]
+fn the_values_schema_rejects_mistakes() {
+    let chart = chart_dir();
+    for (values, message) in [
+        (json!({"logFormat": "yaml"}), "logFormat"),
+        (json!({"workers": {"namespaces": ["a"]}}), "workers"),
+        (json!({"image": {"pullPolicy": "Sometimes"}}), "pullPolicy"),
+    ] {
+        let Some(output) = tally_e2e::helm(&[
+            "template",
+            chart.to_str().unwrap(),
+            "--values",
+            &values.to_string(),
+        ]) else {
+            return;
+        };
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && error.contains(message),
+            "{values} should be refused naming {message}: {error}"
+        );
+    }
+}
+
+fn calculations(client: &kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
+    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails with `what`.
+async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let last = match check().await {
+            Ok(Some(value)) => return value,
+            Ok(None) => String::new(),
+            Err(state) => state,
+        };
+        assert!(Instant::now() < deadline, "{what}: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// Two threads: the emulator serves while a helper process (Helm) blocks one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_runs_the_controller_that_completes_calculations() {
+    let image = format!("ghcr.io/tally-dev/tally:{}", app_version());
+    let emulator = kube_emulator::Emulator::builder()
+        .image(&image, tally_bin())
+        .start()
+        .await
+        .unwrap();
+    emulator
+        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: tally-system}\n")
+        .unwrap();
+    let kubeconfig = emulator.kubeconfig_path().to_str().unwrap().to_string();
+    let chart = chart_dir();
+    // The emulator takes no protobuf, which Helm's Secret release storage sends: the
+    // release record stays in Helm's memory.
+    let Some(release) = tally_e2e::helm_json(&[
+        "install",
+        chart.to_str().unwrap(),
+        "--kubeconfig",
+        &kubeconfig,
+        "--name",
+        "tally",
+        "--namespace",
+        "tally-system",
+        "--storage",
+        "memory",
+        "--values",
+        &json!({"worker": {"namespaces": ["default"]}}).to_string(),
+    ]) else {
+        return;
+    };
+    assert_eq!(release["status"], "deployed", "{release}");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+
+    // The Deployment's Pod runs `tally controller` (the image maps to the binary).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "tally-system");
+    eventually(
+        30,
+        "the controller Deployment never became available",
+        || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments
+                    .get("tally-controller")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match d.status.as_ref().and_then(|s| s.ready_replicas) {
+                    Some(1) => Ok(Some(())),
+                    _ => Err(format!("{:?}", d.status)),
+                }
+            }
+        },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "tally-system");
+    let controller_pod = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .unwrap()
+        .items
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
+
+    emulator.apply_yaml(&example_manifests()).unwrap();
+    let api = calculations(&client);
+    let status = eventually(120, "checkout-conversion never completed", || {
+        let api = api.clone();
+        async move {
+            let c = api
+                .get("checkout-conversion")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = c.data.get("status").cloned().unwrap_or(Value::Null);
+            if status["state"] == "Completed" {
+                Ok(Some(status))
+            } else {
+                Err(status.to_string())
+            }
+        }
+    })
+    .await;
+    let printed = printed_status("checkout-conversion");
+    for field in ["times", "metricResults", "analysis"] {
+        assert_close(field, &printed[field], &status[field]);
+    }
+
+    // The Job runs the chart's worker image as the worker ServiceAccount.
+    let job = Api::<Job>::namespaced(client.clone(), "default")
+        .get("checkout-conversion-1")
+        .await
+        .unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("tally-worker"));
+    assert_eq!(pod.containers[0].image.as_deref(), Some(image.as_str()));
+    // Events name the controller's Pod (POD_NAME from the downward API).
+    let events = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let instances: Vec<Option<String>> = events
+        .items
+        .iter()
+        .filter(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("checkout-conversion")
+        })
+        .map(|e| e.reporting_instance.clone())
+        .collect();
+    assert!(!instances.is_empty());
+    assert!(
+        instances
+            .iter()
+            .all(|i| i.as_deref() == Some(controller_pod.as_str())),
+        "{instances:?} should all be {controller_pod}"
+    );
+}
