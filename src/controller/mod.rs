@@ -366,7 +366,13 @@ fn error_policy<K: Resource>(
         object.name_any()
     );
     let delay = ctx.backoff.next_delay(&key);
-    tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed; retrying");
+    match error {
+        // A write over a stale copy: expected now and then, retried on the fresh one.
+        ControllerError::Kube(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(object = %key, %error, retry_in = ?delay, "conflict; retrying")
+        }
+        _ => tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed; retrying"),
+    }
     Requeue::requeue(delay)
 }
 

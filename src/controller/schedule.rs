@@ -165,6 +165,10 @@ pub async fn reconcile(
 ) -> Result<Requeue, ControllerError> {
     let namespace = schedule.namespace().ok_or(ControllerError::NoNamespace)?;
     let name = schedule.name_any();
+    if schedule.metadata.deletion_timestamp.is_some() {
+        // Being deleted: its children go with it (ownerReferences); make no new ones.
+        return Ok(Requeue::await_change());
+    }
     let now = Timestamp::now();
     let spec = &schedule.spec;
     let intervals: Vec<SignedDuration> = spec
@@ -224,12 +228,12 @@ pub async fn reconcile(
     for action in decision.actions {
         match action {
             ScheduleAction::SetStatus(status) => {
+                // Only over the status this decision saw: a reconcile of a stale copy
+                // gets a conflict and runs again on the fresh one.
+                let mut patch = status_patch(schedule.status.as_ref(), &*status);
+                patch["metadata"] = json!({ "resourceVersion": schedule.resource_version() });
                 schedules
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(status_patch(schedule.status.as_ref(), &*status)),
-                    )
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
             }
             ScheduleAction::CreateRun(run) => {
