@@ -466,6 +466,19 @@ impl<'a> Decider<'a> {
         );
     }
 
+    /// A retrigger of a cancelled or ended schedule: said, and its annotation removed.
+    fn ignore_retrigger(&mut self) {
+        if self.o.retrigger.is_some() {
+            self.actions.push(ScheduleAction::RemoveAnnotations(vec![
+                RETRIGGER_ANNOTATION,
+            ]));
+            self.actions.push(warning(
+                "RetriggerIgnored",
+                "the schedule is cancelled or has ended: resume it (or extend scheduleEndTime) to run it again",
+            ));
+        }
+    }
+
     /// Children beyond the history limits, oldest first; never the newest or a running
     /// one.
     fn prune(&mut self) {
@@ -571,6 +584,7 @@ pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
             d.actions
                 .push(ScheduleAction::CancelRun(running.name.clone()));
         }
+        d.ignore_retrigger();
         d.prune();
         return finish(d, None);
     } else if d.cancelled_by() == Some(CANCELLED) {
@@ -580,6 +594,8 @@ pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
 
     if d.status.state == Some(ScheduleState::Active) {
         d.active(&grid);
+    } else {
+        d.ignore_retrigger();
     }
     d.prune();
     finish(d, None)
@@ -1102,5 +1118,18 @@ mod tests {
         let name = child_name(&long, 2, 41);
         assert!(name.len() <= 253 && name.ends_with("-2-41"));
         assert_eq!(name, child_name(&long, 2, 41));
+    }
+
+    #[test]
+    fn a_retrigger_of_a_cancelled_schedule_is_refused_and_its_annotation_removed() {
+        let mut w = World::new("2026-11-02T00:00:00Z");
+        w.settle();
+        w.finish_all();
+        w.o.cancel_requested = true;
+        w.o.retrigger = Some("now".into());
+        w.settle();
+        assert_eq!(w.o.retrigger, None);
+        assert!(w.events.contains(&"RetriggerIgnored"));
+        assert_eq!(w.created_names(), ["daily-0-0"]);
     }
 }

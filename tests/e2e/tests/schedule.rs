@@ -501,3 +501,67 @@ async fn a_controller_down_across_two_fire_times_makes_one_catch_up_run() {
         .any(|e| e.reason.as_deref() == Some("RunsSkipped"));
     assert!(skipped, "no RunsSkipped Event");
 }
+
+#[tokio::test]
+async fn a_retrigger_recomputes_the_newest_run_as_a_new_iteration() {
+    let s = setup("redo", "  scheduleIntervals: [4s]").await;
+    let _controller = ControllerProcess::start(&s.emulator);
+    wait_for_state(&s.client, "redo-0-0", "Completed").await;
+    tally_cli(&s.emulator, &["retrigger", "smc/redo"]).await;
+    let rerun = wait_for_state(&s.client, "redo-1-0", "Completed").await;
+    assert_eq!(rerun["status"]["superseeds"], "redo-0-0");
+    assert_eq!(rerun["status"]["scheduleIteration"], 1);
+    assert_eq!(
+        ts(&rerun["spec"]["endTime"]),
+        s.start + SignedDuration::from_secs(4)
+    );
+    let old = get(&s.client, "MetricCalculation", "redo-0-0")
+        .await
+        .unwrap();
+    assert_eq!(old["status"]["supersededBy"], "redo-1-0");
+    // The old result stays readable.
+    assert!(old["status"]["metricResults"].is_object());
+    let schedule = get(&s.client, "ScheduledMetricCalculation", "redo")
+        .await
+        .unwrap();
+    assert_eq!(schedule["status"]["iteration"], 1);
+    assert!(
+        schedule["metadata"]["annotations"]
+            .get("tally.dev/retrigger")
+            .is_none(),
+        "the retrigger annotation is removed"
+    );
+    // Later runs belong to the new iteration; the retrigger is not repeated.
+    wait_for_state(&s.client, "redo-1-1", "Completed").await;
+    let made = names(&children(&s.client, "redo").await);
+    assert!(!made.iter().any(|n| n.starts_with("redo-2-")), "{made:?}");
+}
+
+#[tokio::test]
+async fn the_schedule_ends_at_its_end_time() {
+    let s = setup("ending", "  scheduleIntervals: [2s]").await;
+    // The end is set after setup knows the start: runs fire at +2 s and +4 s only.
+    let end = s.start + SignedDuration::from_secs(5);
+    tally_api(&s.client, "ScheduledMetricCalculation")
+        .patch(
+            "ending",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "scheduleEndTime": end.to_string() } })),
+        )
+        .await
+        .unwrap();
+    let _controller = ControllerProcess::start(&s.emulator);
+    let status = eventually(40, "the schedule to end", || async {
+        let status = schedule_status(&s.client, "ending").await;
+        (status["state"] == "Cancelled").then_some(status)
+    })
+    .await;
+    assert_eq!(condition(&status, "Active")["reason"], "ScheduleEnded");
+    assert!(status["status"]["cancelled"].is_object());
+    assert!(status["nextScheduledRunTime"].is_null());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        names(&children(&s.client, "ending").await),
+        ["ending-0-0", "ending-0-1"]
+    );
+}
