@@ -299,3 +299,77 @@ pub async fn reconcile(
         None => Requeue::await_change(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> ScheduledMetricCalculation {
+        let mut schedule: ScheduledMetricCalculation = serde_json::from_value(json!({
+            "apiVersion": "tally.dev/v1alpha1",
+            "kind": "ScheduledMetricCalculation",
+            "metadata": {"name": "daily", "namespace": "shop", "uid": "u-1"},
+            "spec": {
+                "metricCalculationSpec": {"metric": "revenue", "exposureTable": "exposures"},
+                "scheduleStartTime": "2026-11-01T00:00:00Z",
+                "scheduleIntervals": ["1d"]
+            }
+        }))
+        .unwrap();
+        schedule.metadata.generation = Some(1);
+        schedule
+    }
+
+    #[test]
+    fn a_run_becomes_an_owned_labelled_calculation_the_schedule_reads_back() {
+        let fire: Timestamp = "2026-11-04T00:00:00Z".parse().unwrap();
+        let run = NewRun {
+            name: "daily-1-2".into(),
+            iteration: 1,
+            run: 2,
+            fire_time: fire,
+            superseeds: Some("daily-0-2".into()),
+            retrigger: Some("2026-11-04T01:00:00Z".into()),
+        };
+        let calculation = child_calculation(&schedule(), &run, "abc").unwrap();
+        assert_eq!(calculation.namespace().as_deref(), Some("shop"));
+        assert_eq!(calculation.labels()[SCHEDULE_LABEL], "daily");
+        let owner = &calculation.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("ScheduledMetricCalculation", "u-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(
+            calculation.spec.start_time.0.to_string(),
+            "2026-11-01T00:00:00Z"
+        );
+        assert_eq!(calculation.spec.end_time.0, fire);
+        assert_eq!(
+            calculation.annotations()[SUPERSEEDS_ANNOTATION],
+            "daily-0-2"
+        );
+        let child = child(&calculation).unwrap();
+        assert_eq!((child.iteration, child.run, child.fire_time), (1, 2, fire));
+        assert_eq!(child.definition.as_deref(), Some("abc"));
+        assert_eq!(child.retrigger.as_deref(), Some("2026-11-04T01:00:00Z"));
+        assert_eq!(child.state, None);
+    }
+
+    #[test]
+    fn an_unresolvable_template_names_the_schedule_field() {
+        let schedule = schedule();
+        let grid = RunGrid::new(
+            schedule.spec.schedule_start_time.0,
+            &[SignedDuration::from_hours(24)],
+            None,
+        )
+        .map_err(|e| e.to_string());
+        let (definition, _) = definition(&schedule, &grid, &Catalog::default(), Timestamp::now());
+        let message = definition.unwrap_err();
+        assert!(
+            message.starts_with("ScheduledMetricCalculation/daily: spec.metricCalculationSpec."),
+            "{message}"
+        );
+    }
+}
