@@ -1,7 +1,14 @@
 //! Helpers for Tally's end-to-end tests and benchmarks: the `tally` binary, an API
 //! emulator that runs it as the worker image, and result comparison.
+//!
+//! Tests written with [`TestCluster`] run on the emulator, or on the real cluster of
+//! `TALLY_E2E_KUBECONFIG` (see [`cluster`]). Tests written with [`start_emulator`] run
+//! on the emulator either way.
 
 use std::path::{Path, PathBuf};
+
+pub mod cluster;
+pub use cluster::{TestCluster, patience, real_cluster_kubeconfig};
 
 use kube::Client;
 use serde_json::Value;
@@ -47,8 +54,12 @@ pub fn crds() -> PathBuf {
 }
 
 /// An emulator that runs `worker_executable` for [`IMAGE`] (normally `tally`), with
-/// Tally's CRDs applied, and a client for it.
+/// Tally's CRDs applied, and a client for it. Always the emulator: for a test that
+/// should also run on a real cluster, use [`TestCluster`].
 pub async fn start_emulator(worker_executable: &Path) -> (kube_emulator::Emulator, Client) {
+    if real_cluster_kubeconfig().is_some() {
+        eprintln!("note: this test runs on the emulator only (it uses start_emulator)");
+    }
     let emulator = kube_emulator::Emulator::builder()
         .image(IMAGE, worker_executable)
         .start()
@@ -97,10 +108,20 @@ pub fn assert_close(path: &str, expected: &Value, actual: &Value) {
 
 /// Waits (up to 30 s) until a Pod of the Job `job` runs: its worker has started.
 pub async fn wait_for_running_pod(client: &Client, job: &str) {
+    wait_for_running_pod_in(client, "default", job, std::time::Duration::from_secs(30)).await
+}
+
+/// Waits (up to `timeout`) until a Pod of the Job `job` in `namespace` runs.
+pub async fn wait_for_running_pod_in(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    timeout: std::time::Duration,
+) {
     use k8s_openapi::api::core::v1::Pod;
     use kube::{Api, api::ListParams};
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         let list = pods
             .list(&ListParams::default().labels(&format!("job-name={job}")))
@@ -158,9 +179,15 @@ pub struct ControllerProcess(std::process::Child);
 
 impl ControllerProcess {
     pub fn start(emulator: &kube_emulator::Emulator) -> Self {
+        Self::start_with(emulator.kubeconfig_path(), &["--worker-image", IMAGE])
+    }
+
+    /// `tally controller ARGS` against the cluster of `kubeconfig`.
+    pub fn start_with(kubeconfig: &Path, args: &[&str]) -> Self {
         let child = std::process::Command::new(tally_bin())
-            .args(["controller", "--worker-image", IMAGE])
-            .env("KUBECONFIG", emulator.kubeconfig_path())
+            .arg("controller")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("the controller starts");

@@ -1,19 +1,15 @@
 //! The Helm chart (`charts/tally`): rendered by Helm's Go SDK (PyPI
 //! `helm-python-sdk`, through `tests/e2e/helm.py`), linted, validated against
 //! Kubernetes' schemas with `kubernetes-validate --strict`, and installed with
-//! `helm install` on the API emulator, where its Deployment runs the controller that
-//! completes the example calculations.
+//! `helm install` on the API emulator (or the real cluster of `TALLY_E2E_KUBECONFIG`),
+//! where its Deployment runs the controller that completes the example calculations.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod, events::v1::Event};
-use kube::{
-    Api,
-    api::{DynamicObject, ListParams},
-    core::{ApiResource, GroupVersionKind},
-};
+use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
-use tally_e2e::{assert_close, chart_dir, example_manifests, printed_status, tally_bin};
+use tally_e2e::{TestCluster, assert_close, chart_dir, patience, printed_status};
 
 /// The chart's appVersion: the default image tag.
 fn app_version() -> String {
@@ -393,18 +389,14 @@ fn the_values_schema_rejects_mistakes() {
     }
 }
 
-fn calculations(client: &kube::Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
-    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, or fails with `what`.
+/// Polls `check` every 200 ms until it returns `Ok(Some(_))`, or fails with `what`
+/// and the last `Err`.
 async fn eventually<T, F, Fut>(seconds: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let deadline = Instant::now() + patience(seconds);
     loop {
         let last = match check().await {
             Ok(Some(value)) => return value,
@@ -416,68 +408,102 @@ where
     }
 }
 
+/// A Helm release, uninstalled when dropped (on the emulator it goes with it).
+struct Release {
+    kubeconfig: String,
+    name: String,
+    namespace: String,
+    storage: &'static str,
+}
+
+impl Release {
+    fn install(cluster: &TestCluster, name: &str, values: &Value) -> Option<Self> {
+        let release = Self {
+            kubeconfig: cluster.kubeconfig_path().to_str().unwrap().to_string(),
+            name: name.to_string(),
+            namespace: cluster.namespace().to_string(),
+            // The emulator takes no protobuf, which Helm's Secret release storage
+            // sends: there the release record stays in Helm's memory.
+            storage: if cluster.is_emulator() {
+                "memory"
+            } else {
+                "secret"
+            },
+        };
+        let chart = chart_dir();
+        let installed = tally_e2e::helm_json(&[
+            "install",
+            chart.to_str().unwrap(),
+            "--kubeconfig",
+            &release.kubeconfig,
+            "--name",
+            &release.name,
+            "--namespace",
+            &release.namespace,
+            "--storage",
+            release.storage,
+            "--values",
+            &values.to_string(),
+        ])?;
+        assert_eq!(installed["status"], "deployed", "{installed}");
+        Some(release)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.storage == "memory" {
+            return;
+        }
+        let _ = tally_e2e::helm(&[
+            "uninstall",
+            "--kubeconfig",
+            &self.kubeconfig,
+            "--name",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+        ]);
+    }
+}
+
 // Two threads: the emulator serves while a helper process (Helm) blocks one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_the_controller_that_completes_calculations() {
-    let image = format!("ghcr.io/tally-dev/tally:{}", app_version());
-    let emulator = kube_emulator::Emulator::builder()
-        .image(&image, tally_bin())
-        .start()
-        .await
-        .unwrap();
-    emulator
-        .apply_yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: tally-system}\n")
-        .unwrap();
-    let kubeconfig = emulator.kubeconfig_path().to_str().unwrap().to_string();
-    let chart = chart_dir();
-    // The emulator takes no protobuf, which Helm's Secret release storage sends: the
-    // release record stays in Helm's memory.
-    let Some(release) = tally_e2e::helm_json(&[
-        "install",
-        chart.to_str().unwrap(),
-        "--kubeconfig",
-        &kubeconfig,
-        "--name",
+    // Helm installs the CRDs from the chart's crds/.
+    let cluster = TestCluster::start_without_crds("helm-install").await;
+    let namespace = cluster.namespace().to_string();
+    // The chart's controller and Jobs run the tests' image (on the emulator, mapped
+    // to the `tally` binary); cluster-wide names are unique to this test.
+    let image = cluster.worker_image().to_string();
+    let (repository, tag) = image.rsplit_once(':').expect("an image with a tag");
+    let Some(_release) = Release::install(
+        &cluster,
         "tally",
-        "--namespace",
-        "tally-system",
-        "--storage",
-        "memory",
-        "--values",
-        &json!({"worker": {"namespaces": ["default"]}}).to_string(),
-    ]) else {
+        &json!({
+            "fullnameOverride": namespace,
+            "image": {"repository": repository, "tag": tag},
+            "worker": {"namespaces": [namespace]},
+        }),
+    ) else {
         return;
     };
-    assert_eq!(release["status"], "deployed", "{release}");
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let controller_name = format!("{}-controller", &namespace[..namespace.len().min(52)]);
 
-    // The Deployment's Pod runs `tally controller` (the image maps to the binary).
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "tally-system");
-    eventually(
-        30,
-        "the controller Deployment never became available",
-        || {
-            let deployments = deployments.clone();
-            async move {
-                let d = deployments
-                    .get("tally-controller")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match d.status.as_ref().and_then(|s| s.ready_replicas) {
-                    Some(1) => Ok(Some(())),
-                    _ => Err(format!("{:?}", d.status)),
-                }
+    // The Deployment's Pod runs `tally controller`.
+    let deployments: Api<Deployment> = cluster.api();
+    eventually(60, "the controller Deployment never became ready", || {
+        let (deployments, name) = (deployments.clone(), controller_name.clone());
+        async move {
+            let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+            match d.status.as_ref().and_then(|s| s.ready_replicas) {
+                Some(1) => Ok(Some(())),
+                _ => Err(format!("{:?}", d.status)),
             }
-        },
-    )
+        }
+    })
     .await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "tally-system");
+    let pods: Api<Pod> = cluster.api();
     let controller_pod = pods
         .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
         .await
@@ -488,12 +514,12 @@ async fn helm_install_runs_the_controller_that_completes_calculations() {
         .name
         .unwrap();
 
-    emulator.apply_yaml(&example_manifests()).unwrap();
-    let api = calculations(&client);
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    let calculations = cluster.tally_api("MetricCalculation");
     let status = eventually(120, "checkout-conversion never completed", || {
-        let api = api.clone();
+        let calculations = calculations.clone();
         async move {
-            let c = api
+            let c = calculations
                 .get("checkout-conversion")
                 .await
                 .map_err(|e| e.to_string())?;
@@ -511,16 +537,19 @@ async fn helm_install_runs_the_controller_that_completes_calculations() {
         assert_close(field, &printed[field], &status[field]);
     }
 
-    // The Job runs the chart's worker image as the worker ServiceAccount.
-    let job = Api::<Job>::namespaced(client.clone(), "default")
+    // The Job runs the chart's worker image as the chart's worker ServiceAccount.
+    let job = cluster
+        .api::<Job>()
         .get("checkout-conversion-1")
         .await
         .unwrap();
     let pod = job.spec.unwrap().template.spec.unwrap();
-    assert_eq!(pod.service_account_name.as_deref(), Some("tally-worker"));
+    let worker_account = format!("{}-worker", &namespace[..namespace.len().min(52)]);
+    assert_eq!(pod.service_account_name, Some(worker_account));
     assert_eq!(pod.containers[0].image.as_deref(), Some(image.as_str()));
     // Events name the controller's Pod (POD_NAME from the downward API).
-    let events = Api::<Event>::namespaced(client.clone(), "default")
+    let events = cluster
+        .api::<Event>()
         .list(&ListParams::default())
         .await
         .unwrap();

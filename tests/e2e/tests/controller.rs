@@ -1,59 +1,38 @@
-//! `tally controller` end to end on the API emulator: the controller binary reconciles
+//! `tally controller` end to end on the API emulator (or the real cluster of
+//! `TALLY_E2E_KUBECONFIG`, see `tally_e2e::cluster`): the controller binary reconciles
 //! MetricCalculations into Jobs that run the real `tally worker`.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
-    Api, Client,
+    Api,
     api::{DynamicObject, ListParams, Patch, PatchParams},
-    core::{ApiResource, GroupVersionKind},
 };
 use serde_json::{Value, json};
-use tally_e2e::{ControllerProcess, assert_close, example, printed_status, tally_bin};
+use tally_e2e::{TestCluster, assert_close, example, patience, printed_status};
 
-/// The example's manifests with data paths made absolute (the worker's working
-/// directory is not the manifests' directory).
-fn example_manifests() -> String {
-    let data = format!("files: {}/data/", example().display());
-    [
-        "warehouse.yaml",
-        "tables.yaml",
-        "metrics.yaml",
-        "calculations.yaml",
-    ]
-    .iter()
-    .map(|f| {
-        std::fs::read_to_string(example().join(f))
-            .unwrap()
-            .replace("files: data/", &data)
-    })
-    .collect::<Vec<_>>()
-    .join("\n---\n")
-}
-
-fn calculations(client: &Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
-    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+fn calculations(cluster: &TestCluster) -> Api<DynamicObject> {
+    cluster.tally_api("MetricCalculation")
 }
 
 /// Merge-patches a calculation, as `kubectl patch --type merge` or `annotate` would.
-async fn merge_patch(client: &Client, name: &str, patch: Value) {
-    calculations(client)
+async fn merge_patch(cluster: &TestCluster, name: &str, patch: Value) {
+    calculations(cluster)
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .unwrap();
 }
 
-async fn status(client: &Client, name: &str) -> Value {
-    let object = calculations(client).get(name).await.unwrap();
+async fn status(cluster: &TestCluster, name: &str) -> Value {
+    let object = calculations(cluster).get(name).await.unwrap();
     object.data.get("status").cloned().unwrap_or(Value::Null)
 }
 
-async fn wait_for_state(client: &Client, name: &str, state: &str, seconds: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+async fn wait_for_state(cluster: &TestCluster, name: &str, state: &str, seconds: u64) -> Value {
+    let deadline = Instant::now() + patience(seconds);
     loop {
-        let status = status(client, name).await;
+        let status = status(cluster, name).await;
         if status["state"] == state {
             return status;
         }
@@ -65,8 +44,8 @@ async fn wait_for_state(client: &Client, name: &str, state: &str, seconds: u64) 
     }
 }
 
-async fn calculation_jobs(client: &Client) -> Vec<String> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+async fn calculation_jobs(cluster: &TestCluster) -> Vec<String> {
+    let jobs: Api<Job> = cluster.api();
     let mut names: Vec<String> = jobs
         .list(&ListParams::default().labels("tally.dev/calculation"))
         .await
@@ -79,11 +58,17 @@ async fn calculation_jobs(client: &Client) -> Vec<String> {
     names
 }
 
+/// A cluster with the example applied.
+async fn example_cluster(test: &str) -> TestCluster {
+    let cluster = TestCluster::start(test).await;
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    cluster
+}
+
 #[tokio::test]
 async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    emulator.apply_yaml(&example_manifests()).unwrap();
-    let controller = ControllerProcess::start(&emulator);
+    let cluster = example_cluster("complete-restart-rerun").await;
+    let controller = cluster.start_controller();
 
     // 1. Every example calculation completes with what `tally run` prints.
     for name in [
@@ -92,9 +77,9 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         "checkout-order-value",
         "checkout-max-basket",
     ] {
-        wait_for_state(&client, name, "Completed", 120).await;
+        wait_for_state(&cluster, name, "Completed", 120).await;
     }
-    let completed = status(&client, "checkout-conversion").await;
+    let completed = status(&cluster, "checkout-conversion").await;
     let printed = printed_status("checkout-conversion");
     for field in ["times", "metricResults", "analysis"] {
         assert_close(field, &printed[field], &completed[field]);
@@ -109,8 +94,7 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert_eq!(ready["status"], "True");
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), "default");
+    let events: Api<k8s_openapi::api::events::v1::Event> = cluster.api();
     let reasons: Vec<String> = events
         .list(&ListParams::default())
         .await
@@ -126,30 +110,30 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         reasons.iter().any(|r| r == "Running") && reasons.iter().any(|r| r == "Completed"),
         "{reasons:?}"
     );
-    let jobs_before = calculation_jobs(&client).await;
+    let jobs_before = calculation_jobs(&cluster).await;
     assert_eq!(jobs_before.len(), 4, "{jobs_before:?}");
 
     // 2. A controller restart makes no second Job and keeps the results.
     drop(controller);
-    let controller = ControllerProcess::start(&emulator);
+    let controller = cluster.start_controller();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(calculation_jobs(&client).await, jobs_before);
+    assert_eq!(calculation_jobs(&cluster).await, jobs_before);
     assert_close(
         "metricResults",
         &completed["metricResults"],
-        &status(&client, "checkout-conversion").await["metricResults"],
+        &status(&cluster, "checkout-conversion").await["metricResults"],
     );
 
     // 3. Cancelling a completed calculation changes nothing but says so.
     merge_patch(
-        &client,
+        &cluster,
         "checkout-conversion",
         json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patience(20);
     loop {
-        let s = status(&client, "checkout-conversion").await;
+        let s = status(&cluster, "checkout-conversion").await;
         if s["conditions"]
             .as_array()
             .unwrap()
@@ -166,7 +150,7 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     merge_patch(
-        &client,
+        &cluster,
         "checkout-conversion",
         json!({"metadata": {"annotations": {"tally.dev/cancel": null}}}),
     )
@@ -174,14 +158,14 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
 
     // 4. A spec change runs again, recording what it supersedes.
     merge_patch(
-        &client,
+        &cluster,
         "checkout-max-basket",
         json!({"spec": {"endTime": "2026-11-01T00:00:00Z"}}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + patience(120);
     let rerun = loop {
-        let s = status(&client, "checkout-max-basket").await;
+        let s = status(&cluster, "checkout-max-basket").await;
         if s["state"] == "Completed" && s["sqlJob"] == "checkout-max-basket-2" {
             break s;
         }
@@ -195,17 +179,17 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
 
 #[tokio::test]
 async fn a_missing_metric_is_a_condition_until_it_appears() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    let manifests = example_manifests();
+    let cluster = TestCluster::start("missing-metric").await;
+    let manifests = cluster.example_manifests().await;
     let (without_metrics, _) = manifests.split_once("# Revenue per exposed user").unwrap();
-    emulator.apply_yaml(without_metrics).unwrap();
-    emulator
+    cluster.apply_yaml(without_metrics).await;
+    cluster
         .apply_yaml(&std::fs::read_to_string(example().join("calculations.yaml")).unwrap())
-        .unwrap();
-    let _controller = ControllerProcess::start(&emulator);
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .await;
+    let _controller = cluster.start_controller();
+    let deadline = Instant::now() + patience(30);
     loop {
-        let s = status(&client, "checkout-conversion").await;
+        let s = status(&cluster, "checkout-conversion").await;
         let ready = s["conditions"]
             .as_array()
             .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
@@ -224,22 +208,23 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(calculation_jobs(&client).await.is_empty());
-    emulator.apply_path(example().join("metrics.yaml")).unwrap();
-    wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
+    assert!(calculation_jobs(&cluster).await.is_empty());
+    cluster
+        .apply_yaml(&std::fs::read_to_string(example().join("metrics.yaml")).unwrap())
+        .await;
+    wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
 }
 
 #[tokio::test]
 async fn cancel_during_running_stops_the_worker() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    emulator.apply_yaml(&example_manifests()).unwrap();
+    let cluster = example_cluster("cancel-running").await;
     // An exposure table whose query runs for a very long time.
-    emulator
+    cluster
         .apply_yaml(
             r#"
 apiVersion: tally.dev/v1alpha1
 kind: ExposureTable
-metadata: {name: endless-exposures, namespace: default}
+metadata: {name: endless-exposures}
 spec:
   warehouse: local-duckdb
   source:
@@ -250,7 +235,7 @@ spec:
 ---
 apiVersion: tally.dev/v1alpha1
 kind: MetricCalculation
-metadata: {name: endless, namespace: default}
+metadata: {name: endless}
 spec:
   metric: conversion-7d
   exposureTable: endless-exposures
@@ -258,29 +243,29 @@ spec:
   endTime: "2026-11-05T00:00:00Z"
 "#,
         )
-        .unwrap();
-    let _controller = ControllerProcess::start(&emulator);
-    wait_for_state(&client, "endless", "Running", 60).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    tally_e2e::wait_for_running_pod(&client, "endless-1").await;
+        .await;
+    let _controller = cluster.start_controller();
+    wait_for_state(&cluster, "endless", "Running", 60).await;
+    let pods: Api<Pod> = cluster.api();
+    cluster.wait_for_running_pod("endless-1").await;
     // A controller restart while Running keeps the one Job.
     drop(_controller);
-    let _controller = ControllerProcess::start(&emulator);
+    let _controller = cluster.start_controller();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let endless: Vec<String> = calculation_jobs(&client)
+    let endless: Vec<String> = calculation_jobs(&cluster)
         .await
         .into_iter()
         .filter(|j| j.starts_with("endless"))
         .collect();
     assert_eq!(endless, ["endless-1"]);
-    assert_eq!(status(&client, "endless").await["state"], "Running");
+    assert_eq!(status(&cluster, "endless").await["state"], "Running");
     merge_patch(
-        &client,
+        &cluster,
         "endless",
         json!({"metadata": {"annotations": {"tally.dev/cancel": "true"}}}),
     )
     .await;
-    let cancelled = wait_for_state(&client, "endless", "Cancelled", 20).await;
+    let cancelled = wait_for_state(&cluster, "endless", "Cancelled", 20).await;
     assert!(cancelled["completionTime"].is_string());
     // The worker is gone well within its grace period: it exited on SIGTERM.
     let gone = Instant::now() + Duration::from_secs(10);
@@ -299,20 +284,18 @@ spec:
     }
     // Cancelling again changes nothing.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(status(&client, "endless").await["state"], "Cancelled");
+    assert_eq!(status(&cluster, "endless").await["state"], "Cancelled");
 }
 
-fn fact_tables(client: &Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "FactTable");
-    Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk))
+fn fact_tables(cluster: &TestCluster) -> Api<DynamicObject> {
+    cluster.tally_api("FactTable")
 }
 
 #[tokio::test]
 async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    emulator.apply_yaml(&example_manifests()).unwrap();
+    let cluster = example_cluster("lagging-table").await;
     // The purchases pipeline has delivered data only until 20 October.
-    fact_tables(&client)
+    fact_tables(&cluster)
         .patch_status(
             "purchases",
             &PatchParams::default(),
@@ -320,8 +303,8 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
         )
         .await
         .unwrap();
-    let controller = ControllerProcess::start(&emulator);
-    let waiting = wait_for_state(&client, "checkout-conversion", "Waiting", 30).await;
+    let controller = cluster.start_controller();
+    let waiting = wait_for_state(&cluster, "checkout-conversion", "Waiting", 30).await;
     let condition = waiting["conditions"]
         .as_array()
         .unwrap()
@@ -335,18 +318,18 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
         message.contains("FactTable/purchases") && message.contains("2026-10-20"),
         "{message}"
     );
-    assert!(calculation_jobs(&client).await.is_empty());
+    assert!(calculation_jobs(&cluster).await.is_empty());
 
     drop(controller);
-    let _controller = ControllerProcess::start(&emulator);
+    let _controller = cluster.start_controller();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        status(&client, "checkout-conversion").await["state"],
+        status(&cluster, "checkout-conversion").await["state"],
         "Waiting"
     );
-    assert!(calculation_jobs(&client).await.is_empty());
+    assert!(calculation_jobs(&cluster).await.is_empty());
 
-    fact_tables(&client)
+    fact_tables(&cluster)
         .patch_status(
             "purchases",
             &PatchParams::default(),
@@ -354,20 +337,23 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
         )
         .await
         .unwrap();
-    wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
-    assert_eq!(calculation_jobs(&client).await.len(), 4);
+    wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
+    assert_eq!(calculation_jobs(&cluster).await.len(), 4);
 }
 
 #[tokio::test]
 async fn a_failing_worker_fails_the_calculation_with_its_reason() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    emulator
+    let cluster = TestCluster::start("failing-worker").await;
+    cluster
         .apply_yaml(
-            &example_manifests().replace("data/purchases.csv.gz", "data/purchases-missing.csv.gz"),
+            &cluster
+                .example_manifests()
+                .await
+                .replace("/purchases.csv.gz", "/purchases-missing.csv.gz"),
         )
-        .unwrap();
-    let _controller = ControllerProcess::start(&emulator);
-    let failed = wait_for_state(&client, "checkout-conversion", "Failed", 120).await;
+        .await;
+    let _controller = cluster.start_controller();
+    let failed = wait_for_state(&cluster, "checkout-conversion", "Failed", 120).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("purchases-missing.csv.gz"), "{error}");
     let condition = failed["conditions"]
@@ -385,28 +371,33 @@ async fn a_failing_worker_fails_the_calculation_with_its_reason() {
 
 #[tokio::test]
 async fn api_errors_are_retried_not_turned_into_failures() {
-    let (emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    emulator.apply_yaml(&example_manifests()).unwrap();
+    let cluster = example_cluster("api-errors").await;
+    let Some(emulator) = cluster.emulator_only("fault injection") else {
+        return;
+    };
     // The first status writes and Job creations fail as if the API server were
     // overloaded; the controller retries.
+    let namespace = cluster.namespace();
     let faults = emulator.faults();
     faults.fail_next_method(
         "PATCH",
-        "/apis/tally.dev/v1alpha1/namespaces/default/metriccalculations/checkout-conversion/status",
+        &format!(
+            "/apis/tally.dev/v1alpha1/namespaces/{namespace}/metriccalculations/checkout-conversion/status"
+        ),
         3,
         kube_emulator::Fault::Status(500),
     );
     faults.fail_next_method(
         "POST",
-        "/apis/batch/v1/namespaces/default/jobs",
+        &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
         2,
         kube_emulator::Fault::Status(500),
     );
-    let _controller = ControllerProcess::start(&emulator);
-    let completed = wait_for_state(&client, "checkout-conversion", "Completed", 120).await;
+    let _controller = cluster.start_controller();
+    let completed = wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
     assert!(
         completed.get("error").is_none_or(Value::is_null),
         "{completed:#}"
     );
-    assert_eq!(calculation_jobs(&client).await.len(), 4);
+    assert_eq!(calculation_jobs(&cluster).await.len(), 4);
 }

@@ -1,4 +1,5 @@
-//! `tally worker` as a Job on the API emulator: the Job contract of DESIGN §4.
+//! `tally worker` as a Job on the API emulator (or the real cluster of
+//! `TALLY_E2E_KUBECONFIG`, see `tally_e2e::cluster`): the Job contract of DESIGN §4.
 
 use std::time::{Duration, Instant};
 
@@ -11,22 +12,27 @@ use kube::{
     api::{DeleteParams, ListParams, PostParams, PropagationPolicy},
 };
 use serde_json::{Value, json};
-use tally_e2e::{IMAGE, assert_close, example, printed_status, tally_bin, tally_json};
+use tally_e2e::{TestCluster, assert_close, patience, printed_status};
 
-/// The plan of one example calculation, as the controller puts it in a Job.
-fn plan(calculation: &str) -> Value {
-    let plans = tally_json(&["plan", "-f", example().to_str().unwrap()]);
+/// The plan of one example calculation, as the controller puts it in a Job on this
+/// cluster.
+async fn plan(cluster: &TestCluster, calculation: &str) -> Value {
+    let plans = cluster.example_plans().await;
     plans
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["calculation"] == format!("default/{calculation}"))
+        .find(|p| {
+            p["calculation"]
+                .as_str()
+                .is_some_and(|c| c.ends_with(&format!("/{calculation}")))
+        })
         .unwrap()
         .clone()
 }
 
-fn job(name: &str, plan: &Value) -> Job {
-    serde_json::from_value(json!({
+fn job(cluster: &TestCluster, name: &str, plan: &Value) -> Job {
+    let mut job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "labels": {"tally.dev/calculation": name}},
@@ -37,7 +43,7 @@ fn job(name: &str, plan: &Value) -> Job {
                 "terminationGracePeriodSeconds": 60,
                 "containers": [{
                     "name": "worker",
-                    "image": IMAGE,
+                    "image": cluster.worker_image(),
                     "args": ["worker"],
                     "env": [
                         {"name": "TALLY_PLAN", "value": plan.to_string()},
@@ -47,12 +53,13 @@ fn job(name: &str, plan: &Value) -> Job {
                 }],
             }},
         }
-    }))
-    .unwrap()
+    });
+    cluster.prepare_worker_job(&mut job);
+    serde_json::from_value(job).unwrap()
 }
 
 async fn wait_for_condition(jobs: &Api<Job>, name: &str, condition: &str) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + patience(60);
     loop {
         let job = jobs.get(name).await.unwrap();
         let done = job
@@ -74,17 +81,19 @@ async fn wait_for_condition(jobs: &Api<Job>, name: &str, condition: &str) -> Job
 
 #[tokio::test]
 async fn a_worker_job_writes_the_result_that_tally_run_prints() {
-    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let cluster = TestCluster::start("worker-result").await;
+    let jobs: Api<Job> = cluster.api();
+    let plan = plan(&cluster, "checkout-conversion").await;
     jobs.create(
         &PostParams::default(),
-        &job("conversion-1", &plan("checkout-conversion")),
+        &job(&cluster, "conversion-1", &plan),
     )
     .await
     .unwrap();
     let job = wait_for_condition(&jobs, "conversion-1", "Complete").await;
 
-    let config_map = Api::<ConfigMap>::namespaced(client, "default")
+    let config_map = cluster
+        .api::<ConfigMap>()
         .get("conversion-1-result")
         .await
         .unwrap();
@@ -103,20 +112,20 @@ async fn a_worker_job_writes_the_result_that_tally_run_prints() {
 
 #[tokio::test]
 async fn a_failing_worker_reports_why_in_its_termination_message() {
-    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    let mut broken = plan("checkout-conversion");
+    let cluster = TestCluster::start("worker-failure").await;
+    let mut broken = plan(&cluster, "checkout-conversion").await;
     let sql = broken["sql"]
         .as_str()
         .unwrap()
         .replace("purchases.csv.gz", "no-such-file.csv.gz");
     broken["sql"] = json!(sql);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
-    jobs.create(&PostParams::default(), &job("broken-1", &broken))
+    let jobs: Api<Job> = cluster.api();
+    jobs.create(&PostParams::default(), &job(&cluster, "broken-1", &broken))
         .await
         .unwrap();
     wait_for_condition(&jobs, "broken-1", "Failed").await;
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = cluster.api();
     let pod = pods
         .list(&ListParams::default().labels("job-name=broken-1"))
         .await
@@ -136,7 +145,8 @@ async fn a_failing_worker_reports_why_in_its_termination_message() {
         "{message}"
     );
     assert!(
-        Api::<ConfigMap>::namespaced(client, "default")
+        cluster
+            .api::<ConfigMap>()
             .get_opt("broken-1-result")
             .await
             .unwrap()
@@ -146,17 +156,17 @@ async fn a_failing_worker_reports_why_in_its_termination_message() {
 
 #[tokio::test]
 async fn deleting_the_job_interrupts_the_query_promptly() {
-    let (_emulator, client) = tally_e2e::start_emulator(&tally_bin()).await;
-    let mut slow = plan("checkout-conversion");
+    let cluster = TestCluster::start("worker-sigterm").await;
+    let mut slow = plan(&cluster, "checkout-conversion").await;
     // A scan that would run for many minutes.
     slow["sql"] =
         json!("SELECT count(*) AS n FROM range(1000000000000) AS a(i) WHERE hash(i) % 7 = 3");
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
-    jobs.create(&PostParams::default(), &job("slow-1", &slow))
+    let jobs: Api<Job> = cluster.api();
+    jobs.create(&PostParams::default(), &job(&cluster, "slow-1", &slow))
         .await
         .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    tally_e2e::wait_for_running_pod(&client, "slow-1").await;
+    let pods: Api<Pod> = cluster.api();
+    cluster.wait_for_running_pod("slow-1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let list = pods
         .list(&ListParams::default().labels("job-name=slow-1"))
