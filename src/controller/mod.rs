@@ -26,11 +26,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action as Requeue,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
+        reflector::{self, ObjectRef, Store, reflector},
+        watcher::{self, watcher},
     },
 };
 use serde_json::Value;
@@ -54,7 +54,7 @@ use crate::worker::{RESULT_KEY, result_config_map_name};
 pub enum ControllerError {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the calculation has no namespace")]
+    #[error("the object has no namespace")]
     NoNamespace,
 }
 
@@ -62,45 +62,89 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub defaults: JobDefaults,
+    references: References,
     backoff: Backoff,
 }
 
-async fn list<K>(client: &Client, namespace: &str) -> Result<Vec<K>, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    Ok(Api::<K>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await?
-        .items)
+/// Caches of everything a calculation can refer to, filled by watches: a reconcile
+/// builds its namespace's catalog from them instead of listing five kinds.
+#[derive(Clone)]
+pub struct References {
+    warehouses: Store<Warehouse>,
+    exposure_tables: Store<ExposureTable>,
+    fact_tables: Store<FactTable>,
+    dimension_tables: Store<DimensionTable>,
+    metrics: Store<Metric>,
 }
 
-async fn catalog(client: &Client, namespace: &str) -> Result<Catalog, kube::Error> {
-    let mut catalog = Catalog::default();
-    list::<Warehouse>(client, namespace)
-        .await?
-        .into_iter()
-        .for_each(|r| catalog.add_warehouse(r));
-    list::<ExposureTable>(client, namespace)
-        .await?
-        .into_iter()
-        .for_each(|r| catalog.add_exposure_table(r));
-    list::<FactTable>(client, namespace)
-        .await?
-        .into_iter()
-        .for_each(|r| catalog.add_fact_table(r));
-    list::<DimensionTable>(client, namespace)
-        .await?
-        .into_iter()
-        .for_each(|r| catalog.add_dimension_table(r));
-    list::<Metric>(client, namespace)
-        .await?
-        .into_iter()
-        .for_each(|r| catalog.add_metric(r));
-    Ok(catalog)
+/// A cache of every object of kind `K`, filled by a watch driven on its own task.
+fn reflected<K>(client: &Client) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(stream.for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::debug!(%error, "reference watch error; retrying");
+        }
+    }));
+    store
+}
+
+impl References {
+    /// Starts the watches that fill the caches (each on its own task).
+    fn start(client: &Client) -> Self {
+        Self {
+            warehouses: reflected(client),
+            exposure_tables: reflected(client),
+            fact_tables: reflected(client),
+            dimension_tables: reflected(client),
+            metrics: reflected(client),
+        }
+    }
+
+    /// Waits until every cache holds its first full list: before, a reference could
+    /// look missing when it is not. One waiter at a time, before any reconcile.
+    async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.warehouses.wait_until_ready().await?;
+        self.exposure_tables.wait_until_ready().await?;
+        self.fact_tables.wait_until_ready().await?;
+        self.dimension_tables.wait_until_ready().await?;
+        self.metrics.wait_until_ready().await
+    }
+
+    /// The namespace's catalog, from the caches.
+    fn catalog(&self, namespace: &str) -> Catalog {
+        fn of<K: Resource<DynamicType = ()> + Clone>(
+            store: &Store<K>,
+            namespace: &str,
+        ) -> impl Iterator<Item = K> {
+            store
+                .state()
+                .into_iter()
+                .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+                .map(|o| (*o).clone())
+                .collect::<Vec<_>>()
+                .into_iter()
+        }
+        let mut catalog = Catalog::default();
+        of(&self.warehouses, namespace).for_each(|r| catalog.add_warehouse(r));
+        of(&self.exposure_tables, namespace).for_each(|r| catalog.add_exposure_table(r));
+        of(&self.fact_tables, namespace).for_each(|r| catalog.add_fact_table(r));
+        of(&self.dimension_tables, namespace).for_each(|r| catalog.add_dimension_table(r));
+        of(&self.metrics, namespace).for_each(|r| catalog.add_metric(r));
+        catalog
+    }
 }
 
 async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobState, kube::Error> {
@@ -242,7 +286,7 @@ async fn reconcile(
     let name = calculation.name_any();
     let generation = calculation.metadata.generation.unwrap_or(1);
     let now = Timestamp::now();
-    let catalog = catalog(&ctx.client, &namespace).await?;
+    let catalog = ctx.references.catalog(&namespace);
     let resolved = plan::resolve(&calculation, &catalog);
     let waiting = resolved.as_ref().ok().and_then(|r| {
         readiness::first_undelivered(
@@ -420,38 +464,33 @@ where
             .map(|c| ObjectRef::from_obj(&*c))
             .collect::<Vec<_>>()
     };
-    let (m, e, f, d, w) = (
-        same_namespace.clone(),
-        same_namespace.clone(),
-        same_namespace.clone(),
-        same_namespace.clone(),
-        same_namespace,
-    );
-    let config = watcher::Config::default;
+    let mut controller = controller;
+    macro_rules! watch {
+        ($kind:ty) => {{
+            let mapper = same_namespace.clone();
+            controller = controller.watches(
+                Api::<$kind>::all(client.clone()),
+                watcher::Config::default(),
+                move |r: $kind| mapper(r.namespace()),
+            );
+        }};
+    }
+    watch!(Warehouse);
+    watch!(ExposureTable);
+    watch!(FactTable);
+    watch!(DimensionTable);
+    watch!(Metric);
     controller
-        .watches(Api::<Metric>::all(client.clone()), config(), move |r| {
-            m(r.namespace())
-        })
-        .watches(
-            Api::<ExposureTable>::all(client.clone()),
-            config(),
-            move |r| e(r.namespace()),
-        )
-        .watches(Api::<FactTable>::all(client.clone()), config(), move |r| {
-            f(r.namespace())
-        })
-        .watches(
-            Api::<DimensionTable>::all(client.clone()),
-            config(),
-            move |r| d(r.namespace()),
-        )
-        .watches(Api::<Warehouse>::all(client.clone()), config(), move |r| {
-            w(r.namespace())
-        })
 }
 
 /// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
 pub async fn run(client: Client, defaults: JobDefaults) {
+    let references = References::start(&client);
+    tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
+    if let Err(error) = references.wait_until_ready().await {
+        tracing::error!(%error, "a cache closed before it was filled");
+        return;
+    }
     let context = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -462,6 +501,7 @@ pub async fn run(client: Client, defaults: JobDefaults) {
             },
         ),
         defaults,
+        references,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
     });
     let calculations = Controller::new(

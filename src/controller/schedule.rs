@@ -21,7 +21,7 @@ use super::schedule_decide::{
     Child, DEFAULT_FAILED_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT, NewRun, ScheduleAction,
     ScheduleObserved, decide_schedule,
 };
-use super::{Context, ControllerError, catalog, publish, status_patch};
+use super::{Context, ControllerError, publish, status_patch};
 use crate::api::{
     CANCEL_ANNOTATION, DEFINITION_ANNOTATION, MetricCalculation, MetricCalculationSpec,
     RESUME_ANNOTATION, RETRIGGER_ANNOTATION, RETRIGGERED_BY_ANNOTATION,
@@ -182,7 +182,7 @@ pub async fn reconcile(
         spec.schedule_end_time.as_ref().map(|t| t.0),
     )
     .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
-    let catalog = catalog(&ctx.client, &namespace).await?;
+    let catalog = ctx.references.catalog(&namespace);
     let (definition, deliveries) = definition(&schedule, &grid, &catalog, now);
 
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
