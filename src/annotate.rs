@@ -88,15 +88,42 @@ pub fn annotation(
     }
 }
 
+/// What to annotate, checked before any cluster is contacted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    kind: Kind,
+    name: String,
+    request: Request,
+    key: &'static str,
+    value: String,
+}
+
+/// Checks a target and request: a typo fails here, without a cluster.
+pub fn prepare(target: &str, request: Request) -> Result<Annotation, AnnotateError> {
+    let (kind, name) = parse_target(target)?;
+    let (key, value) = annotation(request, kind, jiff::Timestamp::now())?;
+    Ok(Annotation {
+        kind,
+        name,
+        request,
+        key,
+        value,
+    })
+}
+
 /// Sets the annotation on the resource; returns what to print.
 pub async fn annotate(
     client: Client,
     namespace: Option<&str>,
-    target: &str,
-    request: Request,
+    annotation: Annotation,
 ) -> Result<String, AnnotateError> {
-    let (kind, name) = parse_target(target)?;
-    let (key, value) = annotation(request, kind, jiff::Timestamp::now())?;
+    let Annotation {
+        kind,
+        name,
+        request,
+        key,
+        value,
+    } = annotation;
     let namespace = namespace
         .map(str::to_string)
         .unwrap_or_else(|| client.default_namespace().to_string());

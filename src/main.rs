@@ -226,12 +226,20 @@ fn annotate(
     namespace: Option<String>,
     request: tally::annotate::Request,
 ) -> ExitCode {
+    // A typo fails here, before any cluster is contacted.
+    let annotation = match tally::annotate::prepare(target, request) {
+        Ok(annotation) => annotation,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         let result = match kube::Client::try_default().await {
-            Ok(client) => tally::annotate::annotate(client, namespace.as_deref(), target, request)
+            Ok(client) => tally::annotate::annotate(client, namespace.as_deref(), annotation)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(format!("connecting to the cluster: {e}")),

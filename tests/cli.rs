@@ -260,3 +260,22 @@ fn a_missing_manifest_path_is_an_error() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("/nonexistent/manifests"));
 }
+
+#[test]
+fn cancel_with_a_bad_target_fails_before_contacting_a_cluster() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["cancel", "daily"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not KIND/NAME"), "{stderr}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["resume", "mc/checkout"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("only schedules resume"), "{stderr}");
+}
