@@ -201,7 +201,7 @@ fn controller(
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let client = match kube::Client::try_default().await {
             Ok(client) => client,
             Err(e) => {
@@ -218,7 +218,10 @@ fn controller(
         tally::controller::run(client, defaults).await;
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Watches still waiting on the network must not hold the exit up.
+    runtime.shutdown_background();
+    code
 }
 
 fn annotate(

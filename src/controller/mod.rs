@@ -483,13 +483,39 @@ where
     controller
 }
 
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
 pub async fn run(client: Client, defaults: JobDefaults) {
     let references = References::start(&client);
     tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
-    if let Err(error) = references.wait_until_ready().await {
-        tracing::error!(%error, "a cache closed before it was filled");
-        return;
+    // A stop requested while the caches fill (say, the CRDs are not installed yet)
+    // ends the controller too.
+    tokio::select! {
+        ready = references.wait_until_ready() => {
+            if let Err(error) = ready {
+                tracing::error!(%error, "a cache closed before it was filled");
+                return;
+            }
+        }
+        () = stop_requested() => {
+            tracing::info!("stopped before the caches were filled");
+            return;
+        }
     }
     let context = Arc::new(Context {
         client: client.clone(),
