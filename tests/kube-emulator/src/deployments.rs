@@ -4,7 +4,7 @@
 //! budgeting).
 
 use crate::resources::ResKey;
-use crate::store::{DeleteOpts, State, Store, Sub, Target, WriteOpts, now};
+use crate::store::{Changes, DeleteOpts, State, Store, Sub, Target, WriteOpts, now};
 use serde_json::{Value, json};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -35,11 +35,10 @@ pub async fn run(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
     loop {
         store.with(reconcile_all);
         tokio::select! {
-            ev = events.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
-                    return;
-                }
-            }
+            // A burst of changes is answered by one pass.
+            ev = events.recv() => if Changes::collect(ev, &mut events).is_none() {
+                return;
+            },
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shutdown.changed() => return,
         }
@@ -65,7 +64,10 @@ fn reconcile(st: &mut State, d: &Value) -> crate::ApiResult<()> {
     let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let hash = template_hash(&d["spec"]["template"]);
     let pods: Vec<Value> = st
-        .all(&pods_key())
+        .dependents_of(&uid)
+        .into_iter()
+        .filter(|(res, _)| *res == pods_key())
+        .map(|(_, p)| p)
         .filter(|p| str_of(p, "metadata", "namespace") == ns)
         .filter(|p| {
             p["metadata"]["ownerReferences"]
@@ -75,7 +77,6 @@ fn reconcile(st: &mut State, d: &Value) -> crate::ApiResult<()> {
                         .any(|o| o["uid"] == uid.as_str() && o["controller"] == true)
                 })
         })
-        .cloned()
         .collect();
     let live: Vec<&Value> = pods
         .iter()

@@ -81,6 +81,7 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     let defs: Vec<&ResourceDef> = reg
         .defs
         .values()
+        .map(|d| &**d)
         .filter(|d| d.group == group && d.version(version).is_some())
         .collect();
     if defs.is_empty() {
@@ -155,6 +156,7 @@ pub fn openapi_v3_gv(reg: &Registry, group: &str, version: &str) -> Option<Value
     let defs: Vec<&ResourceDef> = reg
         .defs
         .values()
+        .map(|d| &**d)
         .filter(|d| d.group == group && d.version(version).is_some())
         .collect();
     if defs.is_empty() {

@@ -1,16 +1,17 @@
 //! Garbage collection: dependents of vanished owners, foreground and orphan deletion,
 //! and the namespace controller's content cleanup. Level-triggered: every pass looks at
-//! the whole (small) store, so no event can be missed.
+//! all objects being deleted and all objects whose owners are gone (both indexed by the
+//! store as it commits), so no event can be missed.
 
 use crate::resources::ResKey;
-use crate::store::{DeleteOpts, State, Store, Sub, finalizers};
+use crate::store::{Changes, DeleteOpts, State, Store, Sub, finalizers};
 use serde_json::{Value, json};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-fn owner_uids(o: &Value) -> Vec<(String, bool)> {
+/// (uid, blockOwnerDeletion) of each owner reference.
+fn owner_refs(o: &Value) -> Vec<(String, bool)> {
     o["metadata"]["ownerReferences"]
         .as_array()
         .map(|a| {
@@ -68,20 +69,14 @@ fn drop_finalizer(st: &mut State, res: &ResKey, o: &Value, fin: &str) -> bool {
 }
 
 /// One pass; returns whether it changed anything (then another pass follows at once).
+/// It visits only objects being deleted and objects whose owners are all gone, which
+/// the store indexes, so a pass costs nothing when neither exists.
 pub fn pass(st: &mut State) -> bool {
-    let all = st.everything();
-    let present: HashSet<String> = all.iter().map(|(_, o)| uid(o)).collect();
     let mut changed = false;
-    for (res, o) in &all {
-        if !deleting(o) {
-            continue;
-        }
+    for (res, o) in &st.deleting() {
         let me = uid(o);
         let fins = finalizers(o);
-        let dependents: Vec<&(ResKey, Value)> = all
-            .iter()
-            .filter(|(_, d)| owner_uids(d).iter().any(|(u, _)| *u == me))
-            .collect();
+        let dependents = st.dependents_of(&me);
         if fins.iter().any(|f| f == "orphan") {
             for (dres, d) in &dependents {
                 let mut freed = d.clone();
@@ -122,17 +117,14 @@ pub fn pass(st: &mut State) -> bool {
             }
             let blocking = dependents
                 .iter()
-                .any(|(_, d)| owner_uids(d).iter().any(|(u, b)| *u == me && *b));
+                .any(|(_, d)| owner_refs(d).iter().any(|(u, b)| *u == me && *b));
             if !blocking && drop_finalizer(st, res, o, "foregroundDeletion") {
                 return true;
             }
         }
         if res.group.is_empty() && res.plural == "namespaces" {
             let ns = o["metadata"]["name"].as_str().unwrap_or_default();
-            let content: Vec<&(ResKey, Value)> = all
-                .iter()
-                .filter(|(_, x)| x["metadata"]["namespace"].as_str() == Some(ns))
-                .collect();
+            let content = st.in_namespace(ns);
             for (cres, c) in &content {
                 if !deleting(c) {
                     delete(st, cres, c, &background());
@@ -144,9 +136,8 @@ pub fn pass(st: &mut State) -> bool {
             }
         }
     }
-    for (res, o) in &all {
-        let owners = owner_uids(o);
-        if !owners.is_empty() && !deleting(o) && owners.iter().all(|(u, _)| !present.contains(u)) {
+    for (res, o) in &st.dangling() {
+        if !deleting(o) {
             delete(st, res, o, &background());
             changed = true;
         }
@@ -165,11 +156,10 @@ pub async fn run(store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            ev = events.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
-                    return;
-                }
-            }
+            // A burst of changes is answered by one pass.
+            ev = events.recv() => if Changes::collect(ev, &mut events).is_none() {
+                return;
+            },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.changed() => return,
         }

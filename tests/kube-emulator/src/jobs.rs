@@ -2,10 +2,12 @@
 //! processes (images map to executables through a table the test provides).
 
 use crate::resources::ResKey;
-use crate::store::{DeleteOpts, State, Store, Sub, Target, WriteOpts, now, parse_time};
+use crate::store::{
+    Changes, DeleteOpts, EventType, ObjKey, State, Store, Sub, Target, WriteOpts, now, parse_time,
+};
 use base64::Engine;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,58 +70,142 @@ struct JobMemory {
     last_failure: Instant,
 }
 
-/// Runs the Job controller: level-triggered over all Jobs on every change, plus a
-/// tick for deadlines and TTLs.
+/// The Job controller's state between syncs.
+struct JobController {
+    backoff: Duration,
+    /// By Job uid.
+    memory: HashMap<String, JobMemory>,
+    /// When a Job must be looked at again without any change to it (deadline, TTL,
+    /// backoff, a failed write), by Job key; `timers` orders the same entries by time.
+    due: HashMap<ObjKey, Instant>,
+    timers: BTreeSet<(Instant, ObjKey)>,
+}
+
+/// Runs the Job controller: level-triggered on every Job whose object or Pods changed
+/// (on all Jobs when events were lost), and on each Job's next deadline, TTL or backoff.
 pub async fn run_job_controller(
     store: Arc<Store>,
     backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut events = store.subscribe();
-    let mut memory: HashMap<String, JobMemory> = HashMap::new();
+    let mut ctl = JobController {
+        backoff,
+        memory: HashMap::new(),
+        due: HashMap::new(),
+        timers: BTreeSet::new(),
+    };
+    let mut changes = Changes::everything();
     loop {
-        store.with(|st| reconcile_all(st, backoff, &mut memory));
+        store.with(|st| ctl.sync(st, &changes));
+        let wake = ctl
+            .timers
+            .first()
+            .map(|(at, _)| tokio::time::Instant::from_std(*at))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            ev = events.recv() => {
-                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
-                    return;
-                }
-                if drain(&mut events) {
-                    return;
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            ev = events.recv() => match Changes::collect(ev, &mut events) {
+                Some(c) => changes = c,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(wake) => changes = Changes::default(),
             _ = shutdown.changed() => return,
         }
     }
 }
 
-/// Takes every event already queued, so one sync answers a burst of changes instead
-/// of one sync per change (a full sync is linear in the number of Jobs or Pods).
-/// Returns true when the store has shut down.
-fn drain<T: Clone>(events: &mut tokio::sync::broadcast::Receiver<T>) -> bool {
-    use tokio::sync::broadcast::error::TryRecvError;
-    loop {
-        match events.try_recv() {
-            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-            Err(TryRecvError::Empty) => return false,
-            Err(TryRecvError::Closed) => return true,
+fn obj_key(o: &Value) -> ObjKey {
+    (
+        s(o, &["metadata", "namespace"])
+            .unwrap_or_default()
+            .to_string(),
+        s(o, &["metadata", "name"]).unwrap_or_default().to_string(),
+    )
+}
+
+impl JobController {
+    fn sync(&mut self, st: &mut State, changes: &Changes) {
+        let mut keys: BTreeSet<ObjKey> = BTreeSet::new();
+        if changes.everything {
+            let jobs: Vec<&Value> = st.all(&jobs_key()).collect();
+            let live: HashSet<&str> = jobs
+                .iter()
+                .filter_map(|j| s(j, &["metadata", "uid"]))
+                .collect();
+            self.memory.retain(|k, _| live.contains(k.as_str()));
+            keys.extend(jobs.iter().map(|j| obj_key(j)));
+        }
+        for ev in changes.of(jobs_key()) {
+            if ev.kind == EventType::Deleted {
+                if let Some(uid) = s(&ev.object, &["metadata", "uid"]) {
+                    self.memory.remove(uid);
+                }
+                self.set_timer(obj_key(&ev.object), None);
+            } else {
+                keys.insert(obj_key(&ev.object));
+            }
+        }
+        // A Pod's change is a change of the Jobs that own it (before and after).
+        for ev in changes.of(pods_key()) {
+            for pod in std::iter::once(&ev.object).chain(&ev.old) {
+                let ns = s(pod, &["metadata", "namespace"]).unwrap_or_default();
+                for r in pod["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if r["kind"] == "Job"
+                        && r["apiVersion"] == "batch/v1"
+                        && let Some(name) = r["name"].as_str()
+                    {
+                        keys.insert((ns.to_string(), name.to_string()));
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        while let Some((at, key)) = self.timers.first().cloned()
+            && at <= now
+        {
+            self.timers.remove(&(at, key.clone()));
+            self.due.remove(&key);
+            keys.insert(key);
+        }
+        for key in keys {
+            let Some(job) = st.get_obj(&jobs_key(), &key.0, &key.1).cloned() else {
+                self.set_timer(key, None);
+                continue;
+            };
+            let next = match reconcile(st, &job, self.backoff, &mut self.memory) {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::debug!(error = %e, "job reconcile");
+                    Some(Duration::from_millis(100))
+                }
+            };
+            self.set_timer(key, next.map(|d| Instant::now() + d));
+        }
+    }
+
+    fn set_timer(&mut self, key: ObjKey, at: Option<Instant>) {
+        if let Some(old) = self.due.remove(&key) {
+            self.timers.remove(&(old, key.clone()));
+        }
+        if let Some(at) = at {
+            self.timers.insert((at, key.clone()));
+            self.due.insert(key, at);
         }
     }
 }
 
-fn reconcile_all(st: &mut State, backoff: Duration, memory: &mut HashMap<String, JobMemory>) {
-    let jobs: Vec<Value> = st.all(&jobs_key()).cloned().collect();
-    let live: HashSet<String> = jobs
-        .iter()
-        .filter_map(|j| s(j, &["metadata", "uid"]).map(String::from))
-        .collect();
-    memory.retain(|k, _| live.contains(k));
-    for job in jobs {
-        if let Err(e) = reconcile(st, &job, backoff, memory) {
-            tracing::debug!(error = %e, "job reconcile");
-        }
-    }
+/// How long until `at` plus `seconds` (rounded up to whole milliseconds, at least 1 ms).
+fn until(
+    at: chrono::DateTime<chrono::Utc>,
+    seconds: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    let ms = seconds.saturating_mul(1000) - (now - at).num_milliseconds();
+    Duration::from_millis(ms.max(0) as u64 + 1)
 }
 
 fn pod_target(ns: &str) -> Target {
@@ -143,14 +229,15 @@ fn delete_pod(st: &mut State, p: &Value) {
     );
 }
 
+/// Syncs one Job; returns when it must be looked at again if nothing changes.
 fn reconcile(
     st: &mut State,
     job: &Value,
     backoff: Duration,
     memory: &mut HashMap<String, JobMemory>,
-) -> crate::ApiResult<()> {
+) -> crate::ApiResult<Option<Duration>> {
     if deleting(job) {
-        return Ok(());
+        return Ok(None);
     }
     let uid = s(job, &["metadata", "uid"]).unwrap_or_default().to_string();
     let ns = s(job, &["metadata", "namespace"])
@@ -175,7 +262,10 @@ fn reconcile(
                 .or(done["lastTransitionTime"].as_str())
                 .and_then(parse_time)
                 .unwrap_or(now_t);
-            if (now_t - at).num_milliseconds() >= ttl * 1000 {
+            if (now_t - at).num_milliseconds() < ttl * 1000 {
+                return Ok(Some(until(at, ttl, now_t)));
+            }
+            {
                 let t = Target {
                     res: jobs_key(),
                     version: "v1".into(),
@@ -191,11 +281,14 @@ fn reconcile(
                 )?;
             }
         }
-        return Ok(());
+        return Ok(None);
     }
 
     let pods: Vec<Value> = st
-        .all(&pods_key())
+        .dependents_of(&uid)
+        .into_iter()
+        .filter(|(res, _)| *res == pods_key())
+        .map(|(_, p)| p)
         .filter(|p| s(p, &["metadata", "namespace"]) == Some(ns.as_str()))
         .filter(|p| {
             p["metadata"]["ownerReferences"]
@@ -205,7 +298,6 @@ fn reconcile(
                         .any(|r| r["uid"] == uid.as_str() && r["controller"] == true)
                 })
         })
-        .cloned()
         .collect();
     let active: Vec<&Value> = pods
         .iter()
@@ -278,12 +370,17 @@ fn reconcile(
 
     let mut failure = condition(&status, "FailureTarget");
     let mut success = condition(&status, "SuccessCriteriaMet");
+    let mut next: Option<Duration> = None;
     if failure.is_none() && success.is_none() && !suspended {
         let started = status["startTime"].as_str().and_then(parse_time);
-        let deadline_passed = spec["activeDeadlineSeconds"]
-            .as_i64()
-            .zip(started)
-            .is_some_and(|(ads, t)| (now_t - t).num_milliseconds() >= ads * 1000);
+        let deadline = spec["activeDeadlineSeconds"].as_i64().zip(started);
+        let deadline_passed =
+            deadline.is_some_and(|(ads, t)| (now_t - t).num_milliseconds() >= ads * 1000);
+        if let Some((ads, t)) = deadline
+            && !deadline_passed
+        {
+            next = Some(until(t, ads, now_t));
+        }
         if deadline_passed {
             set_condition(
                 &mut status,
@@ -353,6 +450,10 @@ fn reconcile(
             Duration::ZERO
         };
         let waited = mem.last_failure.elapsed() >= delay || failed == 0;
+        if !waited {
+            let rest = delay.saturating_sub(mem.last_failure.elapsed()) + Duration::from_millis(1);
+            next = Some(next.map_or(rest, |n| n.min(rest)));
+        }
         if waited && terminating == 0 {
             while active_count < want {
                 create_pod(st, job)?;
@@ -377,7 +478,7 @@ fn reconcile(
         updated["status"] = status;
         st.put_internal(&jobs_key(), updated, Sub::Status)?;
     }
-    Ok(())
+    Ok(next)
 }
 
 fn create_pod(st: &mut State, job: &Value) -> crate::ApiResult<Value> {
@@ -426,6 +527,8 @@ struct PodProc {
 pub struct Kubelet {
     cfg: KubeletConfig,
     procs: Mutex<HashMap<String, PodProc>>,
+    /// Pods that could not start yet (image not mapped, ConfigMap or Secret missing).
+    waiting: Mutex<HashSet<ObjKey>>,
 }
 
 fn signal(pgid: i32, sig: i32) {
@@ -441,11 +544,16 @@ impl Kubelet {
         Kubelet {
             cfg,
             procs: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashSet::new()),
         }
     }
 
     fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<String, PodProc>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashSet<ObjKey>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// SIGKILL every container process group at once (used on drop).
@@ -476,34 +584,56 @@ impl Kubelet {
         }
     }
 
+    /// Syncs the Pods that changed (all of them when events were lost), and every
+    /// 200 ms those waiting for their image, ConfigMap or Secret.
     pub async fn run(self: Arc<Self>, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
         let mut events = store.subscribe();
+        let mut changes = Changes::everything();
         loop {
-            self.sync(&store);
+            self.sync(&store, &changes);
             tokio::select! {
-                ev = events.recv() => {
-                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
-                        return;
-                    }
-                if drain(&mut events) {
-                    return;
-                }
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                ev = events.recv() => match Changes::collect(ev, &mut events) {
+                    Some(c) => changes = c,
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => changes = Changes::default(),
                 _ = shutdown.changed() => return,
             }
         }
     }
 
-    fn sync(self: &Arc<Self>, store: &Arc<Store>) {
-        let pods: Vec<Value> = store.with(|st| st.all(&pods_key()).cloned().collect());
-        let present: HashSet<String> = pods
-            .iter()
-            .filter_map(|p| s(p, &["metadata", "uid"]).map(String::from))
-            .collect();
+    fn sync(self: &Arc<Self>, store: &Arc<Store>, changes: &Changes) {
+        let waiting: Vec<ObjKey> = self.waiting().drain().collect();
+        let pods: Vec<Value> = store.with(|st| {
+            if changes.everything {
+                return st.all(&pods_key()).cloned().collect();
+            }
+            let changed = changes
+                .of(pods_key())
+                .filter(|e| e.kind != EventType::Deleted)
+                .map(|e| obj_key(&e.object));
+            let keys: BTreeSet<ObjKey> = changed.chain(waiting).collect();
+            keys.iter()
+                .filter_map(|(ns, name)| st.get_obj(&pods_key(), ns, name).cloned())
+                .collect()
+        });
         // Pods removed outright (force delete) lose their processes at once.
-        for (uid, p) in self.procs().iter() {
-            if !present.contains(uid) {
+        if changes.everything {
+            let present: HashSet<&str> = pods
+                .iter()
+                .filter_map(|p| s(p, &["metadata", "uid"]))
+                .collect();
+            for (uid, p) in self.procs().iter() {
+                if !present.contains(uid.as_str()) {
+                    let _ = p.stop.send(Some(0));
+                }
+            }
+        }
+        for ev in changes.of(pods_key()) {
+            if ev.kind == EventType::Deleted
+                && let Some(uid) = s(&ev.object, &["metadata", "uid"])
+                && let Some(p) = self.procs().get(uid)
+            {
                 let _ = p.stop.send(Some(0));
             }
         }
@@ -558,6 +688,7 @@ impl Kubelet {
                 Ok(p) => plans.push(p),
                 Err((reason, message)) => {
                     // Like CreateContainerConfigError / ErrImagePull: stay Pending and retry.
+                    self.waiting().insert((ns.clone(), name.clone()));
                     update_pod(store, &ns, &name, &uid, |p| {
                         let cname = c["name"].clone();
                         p["status"]["containerStatuses"] = json!([{

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Storage identity of a resource type: all versions of a group share one storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,10 +103,11 @@ impl ResourceDef {
     }
 }
 
-/// All resource types currently served.
+/// All resource types currently served. Definitions are shared: every request looks
+/// its type up here, and a CRD's schema is large.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    pub defs: BTreeMap<ResKey, ResourceDef>,
+    pub defs: BTreeMap<ResKey, Arc<ResourceDef>>,
     /// Bumped on every change so OpenAPI documents get a new hash (kubectl caches by it).
     pub generation: u64,
 }
@@ -307,22 +309,22 @@ impl Registry {
                 }],
                 custom: false,
             };
-            reg.defs.insert(def.key(), def);
+            reg.defs.insert(def.key(), Arc::new(def));
         }
         reg
     }
 
-    pub fn get(&self, group: &str, plural: &str) -> Option<&ResourceDef> {
+    pub fn get(&self, group: &str, plural: &str) -> Option<&Arc<ResourceDef>> {
         self.defs.get(&ResKey::new(group, plural))
     }
 
     /// Finds a served type by group, version and plural, as URLs name it.
-    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceDef> {
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceDef>> {
         self.get(group, plural)
             .filter(|d| d.version(version).is_some())
     }
 
-    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&ResourceDef> {
+    pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<ResourceDef>> {
         self.defs
             .values()
             .find(|d| d.group == group && d.kind == kind)
@@ -349,7 +351,7 @@ impl Registry {
     pub fn register_crd(&mut self, crd: &Value) -> Result<ResKey, String> {
         let def = def_from_crd(crd)?;
         let key = def.key();
-        self.defs.insert(key.clone(), def);
+        self.defs.insert(key.clone(), Arc::new(def));
         self.generation += 1;
         Ok(key)
     }

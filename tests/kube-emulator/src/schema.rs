@@ -252,7 +252,7 @@ pub fn admit(
     old: Option<&Value>,
     strict: bool,
 ) -> ApiResult<()> {
-    let Some(schema) = def.version(version).and_then(|v| v.schema.clone()) else {
+    let Some(schema) = def.version(version).and_then(|v| v.schema.as_ref()) else {
         return Ok(());
     };
     let name = obj["metadata"]["name"]
@@ -260,7 +260,7 @@ pub fn admit(
         .unwrap_or_default()
         .to_string();
     let mut pruned = Vec::new();
-    prune(&schema, obj, "", true, &mut pruned);
+    prune(schema, obj, "", true, &mut pruned);
     if strict && !pruned.is_empty() {
         let list: Vec<String> = pruned
             .iter()
@@ -271,16 +271,16 @@ pub fn admit(
             list.join(", ")
         )));
     }
-    *obj = kube_cel::apply_defaults(&schema, obj);
+    *obj = kube_cel::apply_defaults(schema, obj);
     let mut errs = Vec::new();
-    validate_values(&schema, obj, "", &mut errs);
+    validate_values(schema, obj, "", &mut errs);
     if errs.is_empty() {
         let ctx = kube_cel::RootContext {
             api_version: def.api_version(version),
             api_group: def.group.clone(),
             kind: def.kind.clone(),
         };
-        let result = VALIDATOR.with(|v| v.validate_with_context(&schema, obj, old, Some(&ctx)));
+        let result = VALIDATOR.with(|v| v.validate_with_context(schema, obj, old, Some(&ctx)));
         if let Err(cel_errs) = result {
             for e in cel_errs.into_vec() {
                 let field = e.field_path.clone();

@@ -429,7 +429,7 @@ fn delete(
 async fn collection(
     ctx: &Arc<Ctx>,
     r: &Routed,
-    def: &ResourceDef,
+    def: &Arc<ResourceDef>,
     t: &Target,
 ) -> ApiResult<Response<Body>> {
     let labels = LabelSelector::parse(r.q("labelSelector").unwrap_or(""))?;

@@ -10,7 +10,7 @@ use crate::schema;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::validation;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
@@ -51,6 +51,54 @@ pub struct WatchEvent {
     pub res: ResKey,
     pub object: Value,
     pub old: Option<Value>,
+}
+
+/// What a controller learns from the store's events between two of its syncs.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Events were lost (the receiver lagged) or none were seen yet: look at everything.
+    pub everything: bool,
+    pub events: Vec<Arc<WatchEvent>>,
+}
+
+impl Changes {
+    pub fn everything() -> Changes {
+        Changes {
+            everything: true,
+            events: Vec::new(),
+        }
+    }
+
+    /// `first` (what `recv` returned) and every event already queued behind it, so one
+    /// sync answers a burst of changes. `None` once the store is gone.
+    pub fn collect(
+        first: Result<Arc<WatchEvent>, broadcast::error::RecvError>,
+        rx: &mut broadcast::Receiver<Arc<WatchEvent>>,
+    ) -> Option<Changes> {
+        use broadcast::error::{RecvError, TryRecvError};
+        let mut changes = Changes::default();
+        match first {
+            Ok(ev) => changes.events.push(ev),
+            Err(RecvError::Lagged(_)) => changes.everything = true,
+            Err(RecvError::Closed) => return None,
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(ev) => changes.events.push(ev),
+                Err(TryRecvError::Lagged(_)) => changes.everything = true,
+                Err(TryRecvError::Empty) => return Some(changes),
+                Err(TryRecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The events on objects of type `res`.
+    pub fn of(&self, res: ResKey) -> impl Iterator<Item = &WatchEvent> + '_ {
+        self.events
+            .iter()
+            .map(|e| &**e)
+            .filter(move |e| e.res == res)
+    }
 }
 
 /// Which endpoint a write came through.
@@ -109,7 +157,11 @@ pub struct ListResult {
     pub remaining: Option<usize>,
 }
 
-type ObjKey = (String, String);
+/// Where an object is stored within its type: (namespace or "", name).
+pub type ObjKey = (String, String);
+
+/// An object's storage address: its type and key.
+pub type ObjRef = (ResKey, ObjKey);
 
 struct Snapshot {
     id: u64,
@@ -119,9 +171,16 @@ struct Snapshot {
 
 pub struct State {
     pub rv: u64,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     objects: HashMap<ResKey, BTreeMap<ObjKey, Value>>,
-    uids: HashMap<String, (ResKey, ObjKey)>,
+    uids: HashMap<String, ObjRef>,
+    /// Dependents by owner uid (every `ownerReferences` entry), so the garbage collector
+    /// and the controllers find an owner's objects without scanning the store.
+    dependents: HashMap<String, BTreeSet<ObjRef>>,
+    /// Objects with a `deletionTimestamp`: what the garbage collector finishes.
+    deleting: BTreeSet<ObjRef>,
+    /// Objects with owner references none of which exists: what the collector deletes.
+    dangling: BTreeSet<ObjRef>,
     log: VecDeque<Arc<WatchEvent>>,
     /// Every event with rv greater than this is still in `log`.
     log_floor: u64,
@@ -247,6 +306,18 @@ pub fn core_event_from(v: &Value) -> Value {
     e
 }
 
+/// The uids an object's `ownerReferences` name.
+pub fn owner_uids(o: &Value) -> HashSet<String> {
+    o["metadata"]["ownerReferences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["uid"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn finalizers(o: &Value) -> Vec<String> {
     o["metadata"]["finalizers"]
         .as_array()
@@ -259,7 +330,7 @@ pub fn finalizers(o: &Value) -> Vec<String> {
 }
 
 impl State {
-    fn def(&self, res: &ResKey) -> ApiResult<ResourceDef> {
+    fn def(&self, res: &ResKey) -> ApiResult<Arc<ResourceDef>> {
         self.registry
             .defs
             .get(res)
@@ -287,11 +358,42 @@ impl State {
         self.objects.get(res)?.get(key)
     }
 
-    /// Every stored object with its type (controllers scan; stores in tests are small).
-    pub fn everything(&self) -> Vec<(ResKey, Value)> {
+    /// Objects whose `ownerReferences` name `owner_uid`.
+    pub fn dependents_of(&self, owner_uid: &str) -> Vec<(ResKey, Value)> {
+        self.dependents
+            .get(owner_uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|(r, k)| Some((r.clone(), self.objects.get(r)?.get(k)?.clone())))
+            .collect()
+    }
+
+    /// Objects marked for deletion (a `deletionTimestamp`), not yet gone.
+    pub fn deleting(&self) -> Vec<(ResKey, Value)> {
+        self.values_of(&self.deleting)
+    }
+
+    /// Objects with owner references, none of whose owners exists.
+    pub fn dangling(&self) -> Vec<(ResKey, Value)> {
+        self.values_of(&self.dangling)
+    }
+
+    fn values_of(&self, refs: &BTreeSet<ObjRef>) -> Vec<(ResKey, Value)> {
+        refs.iter()
+            .filter_map(|(r, k)| Some((r.clone(), self.objects.get(r)?.get(k)?.clone())))
+            .collect()
+    }
+
+    /// Every object in namespace `ns`, of every namespaced type.
+    pub fn in_namespace(&self, ns: &str) -> Vec<(ResKey, Value)> {
+        let from = (ns.to_string(), String::new());
         self.objects
             .iter()
-            .flat_map(|(r, b)| b.values().map(move |v| (r.clone(), v.clone())))
+            .flat_map(|(r, b)| {
+                b.range(from.clone()..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .map(move |(_, v)| (r.clone(), v.clone()))
+            })
             .collect()
     }
 
@@ -323,12 +425,50 @@ impl State {
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
         let bucket = self.objects.entry(res.clone()).or_default();
-        if kind == EventType::Deleted {
+        let before = bucket.get(&key).map(owner_uids).unwrap_or_default();
+        let existed = bucket.contains_key(&key);
+        let at: ObjRef = (res.clone(), key.clone());
+        let after = if kind == EventType::Deleted {
             bucket.remove(&key);
             self.uids.remove(&uid);
+            self.deleting.remove(&at);
+            HashSet::new()
         } else {
-            bucket.insert(key.clone(), obj.clone());
-            self.uids.insert(uid, (res.clone(), key));
+            let owners = owner_uids(&obj);
+            if obj["metadata"]["deletionTimestamp"].is_null() {
+                self.deleting.remove(&at);
+            } else {
+                self.deleting.insert(at.clone());
+            }
+            bucket.insert(key, obj.clone());
+            self.uids.insert(uid.clone(), at.clone());
+            owners
+        };
+        for gone in before.difference(&after) {
+            if let Some(set) = self.dependents.get_mut(gone) {
+                set.remove(&at);
+                if set.is_empty() {
+                    self.dependents.remove(gone);
+                }
+            }
+        }
+        for owner in &after {
+            self.dependents
+                .entry(owner.clone())
+                .or_default()
+                .insert(at.clone());
+        }
+        self.check_dangling(&at);
+        // An owner appearing or disappearing changes whether its dependents dangle.
+        if existed != (kind != EventType::Deleted) {
+            let deps: Vec<ObjRef> = self
+                .dependents
+                .get(&uid)
+                .map(|d| d.iter().cloned().collect())
+                .unwrap_or_default();
+            for d in &deps {
+                self.check_dangling(d);
+            }
         }
         let ev = Arc::new(WatchEvent {
             rv,
@@ -347,6 +487,20 @@ impl State {
         // No receivers is fine: nobody is watching yet.
         let _ = self.tx.send(ev);
         obj
+    }
+
+    fn check_dangling(&mut self, at: &ObjRef) {
+        let dangles = self
+            .objects
+            .get(&at.0)
+            .and_then(|b| b.get(&at.1))
+            .map(owner_uids)
+            .is_some_and(|o| !o.is_empty() && o.iter().all(|u| !self.uids.contains_key(u)));
+        if dangles {
+            self.dangling.insert(at.clone());
+        } else {
+            self.dangling.remove(at);
+        }
     }
 
     pub fn compact(&mut self) {
@@ -480,7 +634,7 @@ impl State {
             schema::admit(&def, &version, &mut obj, None, opts.strict)?;
         }
         if def.group == "apiextensions.k8s.io" && def.kind == "CustomResourceDefinition" {
-            let mut probe = self.registry.clone();
+            let mut probe = (*self.registry).clone();
             probe.register_crd(&obj).map_err(|m| {
                 ApiError::invalid(&def.kind, &def.group, &name, vec![("spec".into(), m)])
             })?;
@@ -491,10 +645,8 @@ impl State {
                 .field_manager
                 .clone()
                 .unwrap_or_else(|| "unknown".into());
-            let schema = def.version(&version).and_then(|v| v.schema.clone());
-            let lists = patch::Lists {
-                schema: schema.as_ref(),
-            };
+            let schema = def.version(&version).and_then(|v| v.schema.as_ref());
+            let lists = patch::Lists { schema };
             patch::record_update(
                 None,
                 &mut obj,
@@ -511,7 +663,7 @@ impl State {
         let stored = self.commit(&t.res, key, obj, EventType::Added, None);
         if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
             // Validated above, so registration cannot fail here.
-            let _ = self.registry.register_crd(&stored);
+            let _ = Arc::make_mut(&mut self.registry).register_crd(&stored);
         }
         Ok(stored)
     }
@@ -662,7 +814,7 @@ impl State {
             schema::admit(&def, &version, &mut merged, Some(&old), opts.strict)?;
         }
         if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
-            let mut probe = self.registry.clone();
+            let mut probe = (*self.registry).clone();
             probe.register_crd(&merged).map_err(|m| {
                 ApiError::invalid(&def.kind, &def.group, name, vec![("spec".into(), m)])
             })?;
@@ -686,10 +838,8 @@ impl State {
                 .clone()
                 .unwrap_or_else(|| "unknown".into());
             let subres = if sub == Sub::Status { "status" } else { "" };
-            let schema = def.version(&version).and_then(|v| v.schema.clone());
-            let lists = patch::Lists {
-                schema: schema.as_ref(),
-            };
+            let schema = def.version(&version).and_then(|v| v.schema.as_ref());
+            let lists = patch::Lists { schema };
             patch::record_update(
                 Some(&old),
                 &mut merged,
@@ -709,7 +859,7 @@ impl State {
         }
         let stored = self.commit(&t.res, key, merged, EventType::Modified, Some(old));
         if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
-            let _ = self.registry.register_crd(&stored);
+            let _ = Arc::make_mut(&mut self.registry).register_crd(&stored);
         }
         Ok(stored)
     }
@@ -736,10 +886,8 @@ impl State {
         let def = self.def(&t.res)?;
         let current = self.get(t, name);
         let api_version = def.api_version(&t.version);
-        let schema = def.version(&t.version).and_then(|v| v.schema.clone());
-        let lists = patch::Lists {
-            schema: schema.as_ref(),
-        };
+        let schema = def.version(&t.version).and_then(|v| v.schema.as_ref());
+        let lists = patch::Lists { schema };
         if ptype == PatchType::Apply {
             let manager = opts
                 .field_manager
@@ -946,7 +1094,7 @@ impl State {
         for (k, v) in items {
             self.commit(&res, k, v.clone(), EventType::Deleted, Some(v));
         }
-        self.registry.unregister(&res);
+        Arc::make_mut(&mut self.registry).unregister(&res);
     }
 
     /// Removes a finished object outright (used by the GC and namespace controller).
@@ -1132,9 +1280,12 @@ impl Store {
         let (tx, _) = broadcast::channel(16384);
         let mut state = State {
             rv: 0,
-            registry: Registry::builtins(),
+            registry: Arc::new(Registry::builtins()),
             objects: HashMap::new(),
             uids: HashMap::new(),
+            dependents: HashMap::new(),
+            deleting: BTreeSet::new(),
+            dangling: BTreeSet::new(),
             log: VecDeque::new(),
             log_floor: 0,
             log_capacity: log_capacity.max(1),
@@ -1177,7 +1328,7 @@ impl Store {
         Ok((backlog, self.tx.subscribe(), st.rv))
     }
 
-    pub fn registry(&self) -> Registry {
+    pub fn registry(&self) -> Arc<Registry> {
         self.lock().registry.clone()
     }
 

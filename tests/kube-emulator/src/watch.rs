@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 pub struct WatchRequest {
-    pub def: ResourceDef,
+    pub def: Arc<ResourceDef>,
     pub version: String,
     pub namespace: Option<String>,
     pub labels: LabelSelector,
