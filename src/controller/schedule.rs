@@ -42,6 +42,17 @@ fn limit(value: Option<i32>, default: usize) -> usize {
     value.map_or(default, |v| usize::try_from(v).unwrap_or(0))
 }
 
+/// The spec of a run that fires at `fire_time`: exposures from the schedule's start
+/// until then, facts up to then.
+fn run_spec(schedule: &ScheduledMetricCalculation, fire_time: Timestamp) -> MetricCalculationSpec {
+    MetricCalculationSpec {
+        calculation: schedule.spec.metric_calculation_spec.clone(),
+        start_time: schedule.spec.schedule_start_time.clone(),
+        end_time: Time(fire_time),
+        exposure_end_time: None,
+    }
+}
+
 /// What a run would compute now, as a fingerprint, with the delivery marks of the
 /// tables it reads; or why the template does not resolve.
 fn definition(
@@ -58,15 +69,7 @@ fn definition(
         .ok()
         .and_then(|g| g.fire_time(0))
         .unwrap_or(start + SignedDuration::from_secs(1));
-    let probe = MetricCalculation::new(
-        &name,
-        MetricCalculationSpec {
-            calculation: template.clone(),
-            start_time: Time(start),
-            end_time: Time(end),
-            exposure_end_time: None,
-        },
-    );
+    let probe = MetricCalculation::new(&name, run_spec(schedule, end));
     match plan::resolve(&probe, catalog) {
         Ok(resolved) => {
             let metric = catalog.metrics.get(&template.metric);
@@ -117,15 +120,7 @@ fn child_calculation(
     definition: &str,
 ) -> Option<MetricCalculation> {
     let owner = schedule.controller_owner_ref(&())?;
-    let mut calculation = MetricCalculation::new(
-        &run.name,
-        MetricCalculationSpec {
-            calculation: schedule.spec.metric_calculation_spec.clone(),
-            start_time: schedule.spec.schedule_start_time.clone(),
-            end_time: Time(run.fire_time),
-            exposure_end_time: None,
-        },
-    );
+    let mut calculation = MetricCalculation::new(&run.name, run_spec(schedule, run.fire_time));
     let mut annotations = BTreeMap::from([
         (
             SCHEDULE_ITERATION_ANNOTATION.to_string(),
