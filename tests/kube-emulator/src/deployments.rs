@@ -63,7 +63,7 @@ fn reconcile(st: &mut State, d: &Value) -> crate::ApiResult<()> {
     let uid = str_of(d, "metadata", "uid").to_string();
     let want = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let hash = template_hash(&d["spec"]["template"]);
-    let pods: Vec<Value> = st
+    let pods: Vec<Arc<Value>> = st
         .dependents_of(&uid)
         .into_iter()
         .filter(|(res, _)| *res == pods_key())
@@ -80,6 +80,7 @@ fn reconcile(st: &mut State, d: &Value) -> crate::ApiResult<()> {
         .collect();
     let live: Vec<&Value> = pods
         .iter()
+        .map(|p| &**p)
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .collect();
     let target = |p: &Value| Target {

@@ -79,7 +79,7 @@ pub fn pass(st: &mut State) -> bool {
         let dependents = st.dependents_of(&me);
         if fins.iter().any(|f| f == "orphan") {
             for (dres, d) in &dependents {
-                let mut freed = d.clone();
+                let mut freed = (**d).clone();
                 let refs: Vec<Value> = d["metadata"]["ownerReferences"]
                     .as_array()
                     .cloned()

@@ -97,7 +97,16 @@ pub async fn run_job_controller(
     };
     let mut changes = Changes::everything();
     loop {
-        store.with(|st| ctl.sync(st, &changes));
+        let keys = store.with(|st| ctl.changed(st, &changes));
+        // A few Jobs per lock, so requests and watches are served in between.
+        for chunk in keys.chunks(SYNC_CHUNK) {
+            store.with(|st| {
+                for key in chunk {
+                    ctl.sync(st, key);
+                }
+            });
+            tokio::task::yield_now().await;
+        }
         let wake = ctl
             .timers
             .first()
@@ -123,8 +132,12 @@ fn obj_key(o: &Value) -> ObjKey {
     )
 }
 
+/// How many objects a controller syncs while holding the store's lock.
+const SYNC_CHUNK: usize = 32;
+
 impl JobController {
-    fn sync(&mut self, st: &mut State, changes: &Changes) {
+    /// The Jobs to sync: those changed, those whose Pods changed, those due.
+    fn changed(&mut self, st: &State, changes: &Changes) -> Vec<ObjKey> {
         let mut keys: BTreeSet<ObjKey> = BTreeSet::new();
         if changes.everything {
             let jobs: Vec<&Value> = st.all(&jobs_key()).collect();
@@ -171,20 +184,22 @@ impl JobController {
             self.due.remove(&key);
             keys.insert(key);
         }
-        for key in keys {
-            let Some(job) = st.get_obj(&jobs_key(), &key.0, &key.1).cloned() else {
-                self.set_timer(key, None);
-                continue;
-            };
-            let next = match reconcile(st, &job, self.backoff, &mut self.memory) {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::debug!(error = %e, "job reconcile");
-                    Some(Duration::from_millis(100))
-                }
-            };
-            self.set_timer(key, next.map(|d| Instant::now() + d));
-        }
+        keys.into_iter().collect()
+    }
+
+    fn sync(&mut self, st: &mut State, key: &ObjKey) {
+        let Some(job) = st.get_shared_obj(&jobs_key(), &key.0, &key.1) else {
+            self.set_timer(key.clone(), None);
+            return;
+        };
+        let next = match reconcile(st, &job, self.backoff, &mut self.memory) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::debug!(error = %e, "job reconcile");
+                Some(Duration::from_millis(100))
+            }
+        };
+        self.set_timer(key.clone(), next.map(|d| Instant::now() + d));
     }
 
     fn set_timer(&mut self, key: ObjKey, at: Option<Instant>) {
@@ -284,7 +299,7 @@ fn reconcile(
         return Ok(None);
     }
 
-    let pods: Vec<Value> = st
+    let pods: Vec<Arc<Value>> = st
         .dependents_of(&uid)
         .into_iter()
         .filter(|(res, _)| *res == pods_key())
@@ -301,6 +316,7 @@ fn reconcile(
         .collect();
     let active: Vec<&Value> = pods
         .iter()
+        .map(|p| &**p)
         .filter(|p| !terminal(p) && !deleting(p))
         .collect();
     let terminating = pods.iter().filter(|p| !terminal(p) && deleting(p)).count() as i64;
@@ -590,7 +606,7 @@ impl Kubelet {
         let mut events = store.subscribe();
         let mut changes = Changes::everything();
         loop {
-            self.sync(&store, &changes);
+            self.sync(&store, &changes).await;
             tokio::select! {
                 ev = events.recv() => match Changes::collect(ev, &mut events) {
                     Some(c) => changes = c,
@@ -602,11 +618,11 @@ impl Kubelet {
         }
     }
 
-    fn sync(self: &Arc<Self>, store: &Arc<Store>, changes: &Changes) {
+    async fn sync(self: &Arc<Self>, store: &Arc<Store>, changes: &Changes) {
         let waiting: Vec<ObjKey> = self.waiting().drain().collect();
-        let pods: Vec<Value> = store.with(|st| {
+        let pods: Vec<Arc<Value>> = store.with(|st| {
             if changes.everything {
-                return st.all(&pods_key()).cloned().collect();
+                return st.all_shared(&pods_key()).cloned().collect();
             }
             let changed = changes
                 .of(pods_key())
@@ -614,7 +630,7 @@ impl Kubelet {
                 .map(|e| obj_key(&e.object));
             let keys: BTreeSet<ObjKey> = changed.chain(waiting).collect();
             keys.iter()
-                .filter_map(|(ns, name)| st.get_obj(&pods_key(), ns, name).cloned())
+                .filter_map(|(ns, name)| st.get_shared_obj(&pods_key(), ns, name))
                 .collect()
         });
         // Pods removed outright (force delete) lose their processes at once.
@@ -637,7 +653,10 @@ impl Kubelet {
                 let _ = p.stop.send(Some(0));
             }
         }
-        for pod in pods {
+        for (i, pod) in pods.into_iter().enumerate() {
+            if i % SYNC_CHUNK == SYNC_CHUNK - 1 {
+                tokio::task::yield_now().await;
+            }
             let uid = s(&pod, &["metadata", "uid"])
                 .unwrap_or_default()
                 .to_string();
@@ -664,7 +683,7 @@ impl Kubelet {
             {
                 continue;
             }
-            self.start_pod(store, pod);
+            self.start_pod(store, Arc::unwrap_or_clone(pod));
         }
     }
 

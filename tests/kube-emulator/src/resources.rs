@@ -38,6 +38,8 @@ pub struct VersionDef {
     pub storage: bool,
     /// The structural `openAPIV3Schema` for CRD versions; built-ins carry none.
     pub schema: Option<Value>,
+    /// The schema's `x-kubernetes-validations` rules, compiled once per CRD write.
+    pub rules: Option<Arc<kube_cel::CompiledSchema>>,
     pub columns: Vec<Column>,
     pub status_subresource: bool,
 }
@@ -304,6 +306,7 @@ impl Registry {
                     served: true,
                     storage: true,
                     schema: None,
+                    rules: None,
                     columns,
                     status_subresource: b.status,
                 }],
@@ -475,6 +478,9 @@ fn def_from_crd(crd: &Value) -> Result<ResourceDef, String> {
             .to_string();
         let schema = v["schema"]["openAPIV3Schema"].clone();
         let schema = if schema.is_null() { None } else { Some(schema) };
+        let rules = schema
+            .as_ref()
+            .map(|s| Arc::new(kube_cel::compile_schema(s)));
         let mut columns: Vec<Column> = v["additionalPrinterColumns"]
             .as_array()
             .map(|cols| {
@@ -499,6 +505,7 @@ fn def_from_crd(crd: &Value) -> Result<ResourceDef, String> {
             served: v["served"].as_bool().unwrap_or(true),
             storage: v["storage"].as_bool().unwrap_or(false),
             schema,
+            rules,
             columns,
             status_subresource: v["subresources"].get("status").is_some(),
         });

@@ -252,7 +252,10 @@ pub fn admit(
     old: Option<&Value>,
     strict: bool,
 ) -> ApiResult<()> {
-    let Some(schema) = def.version(version).and_then(|v| v.schema.as_ref()) else {
+    let Some((schema, rules)) = def
+        .version(version)
+        .and_then(|v| v.schema.as_ref().zip(v.rules.as_ref()))
+    else {
         return Ok(());
     };
     let name = obj["metadata"]["name"]
@@ -280,7 +283,8 @@ pub fn admit(
             api_group: def.group.clone(),
             kind: def.kind.clone(),
         };
-        let result = VALIDATOR.with(|v| v.validate_with_context(schema, obj, old, Some(&ctx)));
+        let result =
+            VALIDATOR.with(|v| v.validate_compiled_with_context(rules, obj, old, Some(&ctx)));
         if let Err(cel_errs) = result {
             for e in cel_errs.into_vec() {
                 let field = e.field_path.clone();

@@ -486,31 +486,54 @@ async fn collection(
                 meta["remainingItemCount"] = json!(n);
             }
             let api_version = def.api_version(&t.version);
-            let items: Vec<Value> = res
+            // Stored objects carry the apiVersion they were written through; only those
+            // written through another version of the type are copied to change it.
+            let items: Vec<Arc<Value>> = res
                 .items
                 .into_iter()
-                .map(|mut o| {
-                    o["apiVersion"] = json!(api_version);
-                    o
+                .map(|o| {
+                    if o["apiVersion"] == api_version.as_str() {
+                        o
+                    } else {
+                        let mut o = (*o).clone();
+                        o["apiVersion"] = json!(api_version);
+                        Arc::new(o)
+                    }
                 })
                 .collect();
             if table::wants_metadata(&r.accept) {
-                let items: Vec<Value> = items.iter().map(table::partial).collect();
+                let items: Vec<Value> = items.iter().map(|o| table::partial(o)).collect();
                 return Ok(json_response(
                     200,
                     &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
                 ));
             }
             if let Some(include) = table_include {
+                let items: Vec<Value> = items.iter().map(|o| (**o).clone()).collect();
                 return Ok(json_response(
                     200,
                     &table::table(def, &t.version, &items, &include, meta),
                 ));
             }
-            Ok(json_response(
-                200,
-                &json!({"kind": def.list_kind, "apiVersion": api_version, "metadata": meta, "items": items}),
-            ))
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct List<'a> {
+                kind: &'a str,
+                api_version: &'a str,
+                metadata: Value,
+                items: Vec<&'a Value>,
+            }
+            let list = List {
+                kind: &def.list_kind,
+                api_version: &api_version,
+                metadata: meta,
+                items: items.iter().map(|o| &**o).collect(),
+            };
+            Ok(Response::builder()
+                .status(200)
+                .header("Content-Type", "application/json")
+                .body(full(serde_json::to_vec(&list).unwrap_or_default()))
+                .expect("valid response"))
         }
         "POST" => {
             if def.namespaced && t.namespace.is_none() {

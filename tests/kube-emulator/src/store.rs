@@ -44,13 +44,14 @@ impl EventType {
 
 /// One committed change. `old` lets selector-filtered watches turn a MODIFIED that leaves
 /// (or enters) the selection into DELETED (or ADDED), as the real watch cache does.
+/// Objects are shared with the store, list snapshots and other events, never copied.
 #[derive(Debug, Clone)]
 pub struct WatchEvent {
     pub rv: u64,
     pub kind: EventType,
     pub res: ResKey,
-    pub object: Value,
-    pub old: Option<Value>,
+    pub object: Arc<Value>,
+    pub old: Option<Arc<Value>>,
 }
 
 /// What a controller learns from the store's events between two of its syncs.
@@ -151,7 +152,7 @@ pub struct ListOpts {
 
 #[derive(Debug, Clone)]
 pub struct ListResult {
-    pub items: Vec<Value>,
+    pub items: Vec<Arc<Value>>,
     pub resource_version: u64,
     pub continue_token: Option<String>,
     pub remaining: Option<usize>,
@@ -166,13 +167,13 @@ pub type ObjRef = (ResKey, ObjKey);
 struct Snapshot {
     id: u64,
     rv: u64,
-    items: Vec<Value>,
+    items: Vec<Arc<Value>>,
 }
 
 pub struct State {
     pub rv: u64,
     pub registry: Arc<Registry>,
-    objects: HashMap<ResKey, BTreeMap<ObjKey, Value>>,
+    objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
     uids: HashMap<String, ObjRef>,
     /// Dependents by owner uid (every `ownerReferences` entry), so the garbage collector
     /// and the controllers find an owner's objects without scanning the store.
@@ -242,24 +243,20 @@ fn valid_name(n: &str) -> bool {
         && n.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// Everything but metadata (and status, when it has its own endpoint): what generation tracks.
-fn spec_part(o: &Value, has_status: bool) -> Value {
-    let mut v = o.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.remove("metadata");
-        if has_status {
-            m.remove("status");
+/// Whether two values are equal apart from the top-level fields in `skip`.
+fn eq_except(a: &Value, b: &Value, skip: &[&str]) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let kept = |m: &serde_json::Map<String, Value>| {
+                m.keys().filter(|k| !skip.contains(&k.as_str())).count()
+            };
+            kept(a) == kept(b)
+                && a.iter()
+                    .filter(|(k, _)| !skip.contains(&k.as_str()))
+                    .all(|(k, v)| b.get(k) == Some(v))
         }
+        _ => a == b,
     }
-    v
-}
-
-fn without_managed(o: &Value) -> Value {
-    let mut v = o.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("managedFields");
-    }
-    v
 }
 
 /// Kubernetes keeps core/v1 and events.k8s.io/v1 Events in one storage; here the
@@ -351,15 +348,29 @@ impl State {
         self.objects
             .get(res)?
             .get(&(ns.to_string(), name.to_string()))
+            .map(|v| &**v)
+    }
+
+    /// The stored object, shared: a snapshot that later writes do not change.
+    pub fn get_shared_obj(&self, res: &ResKey, ns: &str, name: &str) -> Option<Arc<Value>> {
+        self.objects
+            .get(res)?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every object of a type, shared.
+    pub fn all_shared(&self, res: &ResKey) -> impl Iterator<Item = &Arc<Value>> {
+        self.objects.get(res).into_iter().flat_map(|m| m.values())
     }
 
     pub fn by_uid(&self, uid: &str) -> Option<&Value> {
         let (res, key) = self.uids.get(uid)?;
-        self.objects.get(res)?.get(key)
+        self.objects.get(res)?.get(key).map(|v| &**v)
     }
 
     /// Objects whose `ownerReferences` name `owner_uid`.
-    pub fn dependents_of(&self, owner_uid: &str) -> Vec<(ResKey, Value)> {
+    pub fn dependents_of(&self, owner_uid: &str) -> Vec<(ResKey, Arc<Value>)> {
         self.dependents
             .get(owner_uid)
             .into_iter()
@@ -369,23 +380,23 @@ impl State {
     }
 
     /// Objects marked for deletion (a `deletionTimestamp`), not yet gone.
-    pub fn deleting(&self) -> Vec<(ResKey, Value)> {
+    pub fn deleting(&self) -> Vec<(ResKey, Arc<Value>)> {
         self.values_of(&self.deleting)
     }
 
     /// Objects with owner references, none of whose owners exists.
-    pub fn dangling(&self) -> Vec<(ResKey, Value)> {
+    pub fn dangling(&self) -> Vec<(ResKey, Arc<Value>)> {
         self.values_of(&self.dangling)
     }
 
-    fn values_of(&self, refs: &BTreeSet<ObjRef>) -> Vec<(ResKey, Value)> {
+    fn values_of(&self, refs: &BTreeSet<ObjRef>) -> Vec<(ResKey, Arc<Value>)> {
         refs.iter()
             .filter_map(|(r, k)| Some((r.clone(), self.objects.get(r)?.get(k)?.clone())))
             .collect()
     }
 
     /// Every object in namespace `ns`, of every namespaced type.
-    pub fn in_namespace(&self, ns: &str) -> Vec<(ResKey, Value)> {
+    pub fn in_namespace(&self, ns: &str) -> Vec<(ResKey, Arc<Value>)> {
         let from = (ns.to_string(), String::new());
         self.objects
             .iter()
@@ -408,25 +419,24 @@ impl State {
     }
 
     pub fn all(&self, res: &ResKey) -> impl Iterator<Item = &Value> {
-        self.objects.get(res).into_iter().flat_map(|m| m.values())
+        self.objects
+            .get(res)
+            .into_iter()
+            .flat_map(|m| m.values().map(|v| &**v))
     }
 
-    /// Assigns the next resourceVersion, stores (or removes) the object and publishes.
-    fn commit(
-        &mut self,
-        res: &ResKey,
-        key: ObjKey,
-        mut obj: Value,
-        kind: EventType,
-        old: Option<Value>,
-    ) -> Value {
+    /// Assigns the next resourceVersion, stores (or removes) the object and publishes
+    /// the change, with the stored object it replaces as `old`.
+    fn commit(&mut self, res: &ResKey, key: ObjKey, mut obj: Value, kind: EventType) -> Value {
         self.rv += 1;
         let rv = self.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let obj = Arc::new(obj);
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
         let bucket = self.objects.entry(res.clone()).or_default();
-        let before = bucket.get(&key).map(owner_uids).unwrap_or_default();
-        let existed = bucket.contains_key(&key);
+        let old = bucket.get(&key).cloned();
+        let before = old.as_deref().map(owner_uids).unwrap_or_default();
+        let existed = old.is_some();
         let at: ObjRef = (res.clone(), key.clone());
         let after = if kind == EventType::Deleted {
             bucket.remove(&key);
@@ -486,7 +496,7 @@ impl State {
         self.snapshots.retain(|s| s.rv >= self.log_floor);
         // No receivers is fine: nobody is watching yet.
         let _ = self.tx.send(ev);
-        obj
+        Arc::unwrap_or_clone(obj)
     }
 
     fn check_dangling(&mut self, at: &ObjRef) {
@@ -494,7 +504,7 @@ impl State {
             .objects
             .get(&at.0)
             .and_then(|b| b.get(&at.1))
-            .map(owner_uids)
+            .map(|o| owner_uids(o))
             .is_some_and(|o| !o.is_empty() && o.iter().all(|u| !self.uids.contains_key(u)));
         if dangles {
             self.dangling.insert(at.clone());
@@ -660,7 +670,7 @@ impl State {
             obj["metadata"]["resourceVersion"] = json!("");
             return Ok(obj);
         }
-        let stored = self.commit(&t.res, key, obj, EventType::Added, None);
+        let stored = self.commit(&t.res, key, obj, EventType::Added);
         if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
             // Validated above, so registration cannot fail here.
             let _ = Arc::make_mut(&mut self.registry).register_crd(&stored);
@@ -669,6 +679,11 @@ impl State {
     }
 
     pub fn get(&self, t: &Target, name: &str) -> ApiResult<Value> {
+        self.get_shared(t, name).map(Arc::unwrap_or_clone)
+    }
+
+    /// The stored object itself, shared rather than copied.
+    fn get_shared(&self, t: &Target, name: &str) -> ApiResult<Arc<Value>> {
         let def = self.def(&t.res)?;
         let key = State::key(t, &def, name);
         self.objects
@@ -701,7 +716,7 @@ impl State {
         apply: bool,
     ) -> ApiResult<Value> {
         let def = self.def(&t.res)?;
-        let old = self.get(t, name)?;
+        let old = self.get_shared(t, name)?;
         let subj = subject(&def, name);
         if !new.is_object() {
             return Err(ApiError::bad_request(
@@ -735,7 +750,7 @@ impl State {
         let has_status = def.has_status(&version);
         let mut merged = match sub {
             Sub::Status => {
-                let mut m = old.clone();
+                let mut m = (*old).clone();
                 m["status"] = new.get("status").cloned().unwrap_or(Value::Null);
                 if m["status"].is_null()
                     && let Some(o) = m.as_object_mut()
@@ -822,15 +837,26 @@ impl State {
                 merged["status"] = crd_status(&merged);
             }
         }
-        if spec_part(&old, has_status) != spec_part(&merged, has_status) {
+        // Everything but metadata (and status, when it has its own endpoint) is what
+        // generation tracks.
+        let unversioned: &[&str] = if has_status {
+            &["metadata", "status"]
+        } else {
+            &["metadata"]
+        };
+        if !eq_except(&old, &merged, unversioned) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             merged["metadata"]["generation"] = json!(g + 1);
         }
         // A write that changes nothing is not a write: no new resourceVersion, no event.
-        let mut cmp = without_managed(&merged);
-        cmp["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-        if cmp == without_managed(&old) {
-            return Ok(old);
+        if eq_except(&merged, &old, &["metadata"])
+            && eq_except(
+                &merged["metadata"],
+                &old["metadata"],
+                &["managedFields", "resourceVersion"],
+            )
+        {
+            return Ok(Arc::unwrap_or_clone(old));
         }
         if !apply {
             let manager = opts
@@ -855,9 +881,9 @@ impl State {
         let key = State::key(t, &def, name);
         let deleting = !merged["metadata"]["deletionTimestamp"].is_null();
         if deleting && finalizers(&merged).is_empty() && !self.awaits_graceful_stop(&def, &merged) {
-            return Ok(self.commit(&t.res, key, merged, EventType::Deleted, Some(old)));
+            return Ok(self.commit(&t.res, key, merged, EventType::Deleted));
         }
-        let stored = self.commit(&t.res, key, merged, EventType::Modified, Some(old));
+        let stored = self.commit(&t.res, key, merged, EventType::Modified);
         if def.kind == "CustomResourceDefinition" && def.group == "apiextensions.k8s.io" {
             let _ = Arc::make_mut(&mut self.registry).register_crd(&stored);
         }
@@ -1005,9 +1031,8 @@ impl State {
                 return Ok(Deleted::Gone(self.commit(
                     &t.res,
                     key,
-                    obj.clone(),
+                    obj,
                     EventType::Deleted,
-                    Some(obj),
                 )));
             }
             return Ok(Deleted::Pending(obj));
@@ -1058,9 +1083,8 @@ impl State {
             return Ok(Deleted::Gone(self.commit(
                 &t.res,
                 key,
-                obj.clone(),
+                obj,
                 EventType::Deleted,
-                Some(obj),
             )));
         }
         let mut seen = Vec::new();
@@ -1077,7 +1101,6 @@ impl State {
             key,
             marked,
             EventType::Modified,
-            Some(obj),
         )))
     }
 
@@ -1089,10 +1112,10 @@ impl State {
         let items: Vec<(ObjKey, Value)> = self
             .objects
             .get(&res)
-            .map(|b| b.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|b| b.iter().map(|(k, v)| (k.clone(), (**v).clone())).collect())
             .unwrap_or_default();
         for (k, v) in items {
-            self.commit(&res, k, v.clone(), EventType::Deleted, Some(v));
+            self.commit(&res, k, v, EventType::Deleted);
         }
         Arc::make_mut(&mut self.registry).unregister(&res);
     }
@@ -1100,8 +1123,8 @@ impl State {
     /// Removes a finished object outright (used by the GC and namespace controller).
     pub fn remove(&mut self, res: &ResKey, ns: &str, name: &str) -> Option<Value> {
         let key = (ns.to_string(), name.to_string());
-        let obj = self.objects.get(res)?.get(&key)?.clone();
-        Some(self.commit(res, key, obj.clone(), EventType::Deleted, Some(obj)))
+        let obj = (**self.objects.get(res)?.get(&key)?).clone();
+        Some(self.commit(res, key, obj, EventType::Deleted))
     }
 
     /// Replaces an object through the internal path (controllers), keeping semantics.
@@ -1122,88 +1145,66 @@ impl State {
 
     pub fn list(&mut self, t: &Target, opts: &ListOpts) -> ApiResult<ListResult> {
         let def = self.def(&t.res)?;
-        let (items, rv, offset) = match &opts.continue_token {
-            Some(tok) => {
-                let (id, offset) = decode_continue(tok)?;
-                let snap = self.snapshots.iter().find(|s| s.id == id).ok_or_else(|| {
-                    ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
-                })?;
-                (snap.items.clone(), snap.rv, offset)
-            }
-            None => {
-                let ns = if def.namespaced {
-                    t.namespace.clone()
-                } else {
-                    None
-                };
-                let items: Vec<Value> = self
-                    .objects
-                    .get(&t.res)
-                    .map(|b| {
-                        b.iter()
-                            .filter(|((ons, _), _)| ns.as_ref().is_none_or(|n| n == ons))
-                            .filter(|((_, name), _)| opts.fields.name().is_none_or(|n| n == name))
-                            .map(|(_, v)| v)
-                            .filter(|v| opts.labels.matches(v) && opts.fields.matches(v))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let mut items = items;
-                if let Some(alias) = event_alias(&t.res) {
-                    items.extend(
-                        self.all(&alias)
-                            .map(core_event_from)
-                            .filter(|v| {
-                                ns.as_ref()
-                                    .is_none_or(|n| v["metadata"]["namespace"].as_str() == Some(n))
-                            })
-                            .filter(|v| opts.labels.matches(v) && opts.fields.matches(v)),
-                    );
-                    items.sort_by(|a, b| {
-                        let k = |v: &Value| {
-                            (
-                                meta_str(v, "namespace").unwrap_or("").to_string(),
-                                meta_str(v, "name").unwrap_or("").to_string(),
-                            )
-                        };
-                        k(a).cmp(&k(b))
-                    });
-                }
-                (items, self.rv, 0)
-            }
-        };
         let limit = opts.limit.filter(|l| *l > 0);
-        match limit {
-            Some(l) if items.len() > offset + l => {
-                let page = items[offset..offset + l].to_vec();
-                let remaining = items.len() - offset - l;
-                let id = match &opts.continue_token {
-                    Some(tok) => decode_continue(tok)?.0,
-                    None => {
-                        self.next_snapshot += 1;
-                        let id = self.next_snapshot;
-                        self.snapshots.push_back(Snapshot { id, rv, items });
-                        while self.snapshots.len() > 64 {
-                            self.snapshots.pop_front();
-                        }
-                        id
-                    }
-                };
-                Ok(ListResult {
-                    items: page,
-                    resource_version: rv,
-                    continue_token: Some(encode_continue(id, offset + l)),
-                    remaining: Some(remaining),
-                })
-            }
-            _ => Ok(ListResult {
-                items: items[offset.min(items.len())..].to_vec(),
-                resource_version: rv,
-                continue_token: None,
-                remaining: None,
-            }),
+        if let Some(tok) = &opts.continue_token {
+            let (id, offset) = decode_continue(tok)?;
+            let snap = self.snapshots.iter().find(|s| s.id == id).ok_or_else(|| {
+                ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+            })?;
+            return Ok(page(&snap.items, snap.rv, id, offset, limit));
         }
+        let ns = if def.namespaced {
+            t.namespace.clone()
+        } else {
+            None
+        };
+        let mut items: Vec<Arc<Value>> = self
+            .objects
+            .get(&t.res)
+            .map(|b| {
+                b.iter()
+                    .filter(|((ons, _), _)| ns.as_ref().is_none_or(|n| n == ons))
+                    .filter(|((_, name), _)| opts.fields.name().is_none_or(|n| n == name))
+                    .map(|(_, v)| v)
+                    .filter(|v| opts.labels.matches(v) && opts.fields.matches(v))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(alias) = event_alias(&t.res) {
+            items.extend(
+                self.all(&alias)
+                    .map(core_event_from)
+                    .filter(|v| {
+                        ns.as_ref()
+                            .is_none_or(|n| v["metadata"]["namespace"].as_str() == Some(n))
+                    })
+                    .filter(|v| opts.labels.matches(v) && opts.fields.matches(v))
+                    .map(Arc::new),
+            );
+            items.sort_by(|a, b| {
+                let k = |v: &Value| {
+                    (
+                        meta_str(v, "namespace").unwrap_or("").to_string(),
+                        meta_str(v, "name").unwrap_or("").to_string(),
+                    )
+                };
+                k(a).cmp(&k(b))
+            });
+        }
+        let rv = self.rv;
+        if limit.is_some_and(|l| items.len() > l) {
+            // Later pages come from this snapshot, so the pages are consistent.
+            self.next_snapshot += 1;
+            let id = self.next_snapshot;
+            let first = page(&items, rv, id, 0, limit);
+            self.snapshots.push_back(Snapshot { id, rv, items });
+            while self.snapshots.len() > 64 {
+                self.snapshots.pop_front();
+            }
+            return Ok(first);
+        }
+        Ok(page(&items, rv, 0, 0, None))
     }
 
     /// Events after `from` for one resource type, or the current state as ADDED events.
@@ -1216,23 +1217,25 @@ impl State {
                         self.log_floor + 1
                     )));
                 }
+                let alias = event_alias(res);
+                let from = self.log.partition_point(|e| e.rv <= *n);
                 Ok(self
                     .log
-                    .iter()
-                    .filter(|e| {
-                        e.rv > *n && (&e.res == res || event_alias(res).as_ref() == Some(&e.res))
-                    })
+                    .range(from..)
+                    .filter(|e| &e.res == res || alias.as_ref() == Some(&e.res))
                     .cloned()
                     .collect())
             }
             WatchFrom::State => Ok(self
-                .all(res)
-                .cloned()
-                .chain(
-                    event_alias(res)
-                        .into_iter()
-                        .flat_map(|a| self.all(&a).map(core_event_from).collect::<Vec<_>>()),
-                )
+                .objects
+                .get(res)
+                .into_iter()
+                .flat_map(|b| b.values().cloned())
+                .chain(event_alias(res).into_iter().flat_map(|a| {
+                    self.all(&a)
+                        .map(|e| Arc::new(core_event_from(e)))
+                        .collect::<Vec<_>>()
+                }))
                 .map(|o| {
                     Arc::new(WatchEvent {
                         rv: o["metadata"]["resourceVersion"]
@@ -1256,6 +1259,25 @@ fn controller_manager(def: &ResourceDef) -> String {
         "Job" => "kube-controller-manager".into(),
         "Pod" => "kubelet".into(),
         _ => "kube-emulator".into(),
+    }
+}
+
+/// The page of `items` (snapshot `id`, at `rv`) from `offset`, at most `limit` long.
+fn page(items: &[Arc<Value>], rv: u64, id: u64, offset: usize, limit: Option<usize>) -> ListResult {
+    let offset = offset.min(items.len());
+    match limit {
+        Some(l) if items.len() > offset + l => ListResult {
+            items: items[offset..offset + l].to_vec(),
+            resource_version: rv,
+            continue_token: Some(encode_continue(id, offset + l)),
+            remaining: Some(items.len() - offset - l),
+        },
+        _ => ListResult {
+            items: items[offset..].to_vec(),
+            resource_version: rv,
+            continue_token: None,
+            remaining: None,
+        },
     }
 }
 

@@ -45,16 +45,20 @@ impl WatchRequest {
     /// What this watcher sees of an event, turning selection changes into ADDED/DELETED.
     /// The event as this watcher sees it: its type and object (core/v1 Event watches
     /// also see events.k8s.io Events, converted).
-    fn view(&self, ev: &WatchEvent) -> Option<(&'static str, Value)> {
-        if ev.res == self.def.key() {
+    fn view(&self, ev: &WatchEvent) -> Option<(&'static str, Arc<Value>)> {
+        if ev.res.plural == self.def.plural && ev.res.group == self.def.group {
             return self
-                .classify(ev, &ev.object, ev.old.as_ref())
+                .classify(ev, &ev.object, ev.old.as_deref())
                 .map(|k| (k, ev.object.clone()));
         }
-        if crate::store::event_alias(&self.def.key()).as_ref() == Some(&ev.res) {
+        if self.def.plural == "events"
+            && crate::store::event_alias(&self.def.key()).as_ref() == Some(&ev.res)
+        {
             let obj = crate::store::core_event_from(&ev.object);
-            let old = ev.old.as_ref().map(crate::store::core_event_from);
-            return self.classify(ev, &obj, old.as_ref()).map(|k| (k, obj));
+            let old = ev.old.as_deref().map(crate::store::core_event_from);
+            return self
+                .classify(ev, &obj, old.as_ref())
+                .map(|k| (k, Arc::new(obj)));
         }
         None
     }
