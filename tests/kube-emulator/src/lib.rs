@@ -72,6 +72,7 @@ pub struct EmulatorBuilder {
     kubeconfig: Option<PathBuf>,
     images: HashMap<String, PathBuf>,
     event_log_capacity: usize,
+    event_history: Duration,
     bookmark_interval: Duration,
     job_backoff: Duration,
     env_passthrough: Vec<String>,
@@ -84,6 +85,7 @@ impl Default for EmulatorBuilder {
             kubeconfig: None,
             images: HashMap::new(),
             event_log_capacity: 10_000,
+            event_history: Duration::from_secs(75),
             bookmark_interval: Duration::from_secs(1),
             job_backoff: Duration::ZERO,
             env_passthrough: vec![
@@ -117,6 +119,14 @@ impl EmulatorBuilder {
     /// How many events the watch log keeps before compacting the oldest.
     pub fn event_log_capacity(mut self, n: usize) -> Self {
         self.event_log_capacity = n;
+        self
+    }
+
+    /// Events younger than this are kept beyond `event_log_capacity` (up to
+    /// [`store::LOG_CEILING`]), as the API server's watch cache keeps 75 s of history
+    /// (the default). `Duration::ZERO` compacts by count alone.
+    pub fn event_history(mut self, d: Duration) -> Self {
+        self.event_history = d;
         self
     }
 
@@ -188,7 +198,7 @@ impl Emulator {
             .clone()
             .unwrap_or_else(|| dir.path().join("kubeconfig"));
         write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
-        let store = Store::new(b.event_log_capacity);
+        let store = Store::new(b.event_log_capacity, b.event_history);
         let faults = Arc::new(Faults::default());
         let (shutdown, shutdown_rx) = tokio_watch::channel(false);
         let logs = Arc::new(std::sync::Mutex::new(HashMap::new()));

@@ -161,6 +161,10 @@ pub struct ListResult {
 /// Where an object is stored within its type: (namespace or "", name).
 pub type ObjKey = (String, String);
 
+/// The most events the watch log keeps however young they are: the upper bound of the
+/// API server's watch cache for one resource.
+pub const LOG_CEILING: usize = 100 * 1024;
+
 /// An object's storage address: its type and key.
 pub type ObjRef = (ResKey, ObjKey);
 
@@ -182,10 +186,14 @@ pub struct State {
     deleting: BTreeSet<ObjRef>,
     /// Objects with owner references none of which exists: what the collector deletes.
     dangling: BTreeSet<ObjRef>,
-    log: VecDeque<Arc<WatchEvent>>,
+    /// Committed changes, oldest first, with when they were committed.
+    log: VecDeque<(std::time::Instant, Arc<WatchEvent>)>,
     /// Every event with rv greater than this is still in `log`.
     log_floor: u64,
     log_capacity: usize,
+    /// Events younger than this stay in the log beyond `log_capacity` (up to
+    /// `LOG_CEILING`), as the API server's watch cache keeps 75 s of history.
+    log_history: std::time::Duration,
     snapshots: VecDeque<Snapshot>,
     next_snapshot: u64,
     tx: broadcast::Sender<Arc<WatchEvent>>,
@@ -487,11 +495,16 @@ impl State {
             object: obj.clone(),
             old,
         });
-        self.log.push_back(ev.clone());
-        while self.log.len() > self.log_capacity {
-            if let Some(e) = self.log.pop_front() {
-                self.log_floor = e.rv;
+        let now = std::time::Instant::now();
+        self.log.push_back((now, ev.clone()));
+        while let Some((at, e)) = self.log.front() {
+            let expired = self.log.len() > self.log_capacity
+                && (now.duration_since(*at) >= self.log_history || self.log.len() > LOG_CEILING);
+            if !expired {
+                break;
             }
+            self.log_floor = e.rv;
+            self.log.pop_front();
         }
         self.snapshots.retain(|s| s.rv >= self.log_floor);
         // No receivers is fine: nobody is watching yet.
@@ -1218,10 +1231,11 @@ impl State {
                     )));
                 }
                 let alias = event_alias(res);
-                let from = self.log.partition_point(|e| e.rv <= *n);
+                let from = self.log.partition_point(|(_, e)| e.rv <= *n);
                 Ok(self
                     .log
                     .range(from..)
+                    .map(|(_, e)| e)
                     .filter(|e| &e.res == res || alias.as_ref() == Some(&e.res))
                     .cloned()
                     .collect())
@@ -1298,7 +1312,9 @@ fn decode_continue(tok: &str) -> ApiResult<(u64, usize)> {
 }
 
 impl Store {
-    pub fn new(log_capacity: usize) -> Arc<Store> {
+    /// A store whose watch log keeps `log_capacity` events, and beyond that those
+    /// younger than `log_history` (at most `LOG_CEILING`).
+    pub fn new(log_capacity: usize, log_history: std::time::Duration) -> Arc<Store> {
         let (tx, _) = broadcast::channel(16384);
         let mut state = State {
             rv: 0,
@@ -1311,6 +1327,7 @@ impl Store {
             log: VecDeque::new(),
             log_floor: 0,
             log_capacity: log_capacity.max(1),
+            log_history,
             snapshots: VecDeque::new(),
             next_snapshot: 0,
             tx: tx.clone(),

@@ -194,9 +194,26 @@ pub async fn start(
                             return;
                         }
                     }
-                    // Lagging behind or store gone: end the stream; the client resumes from
-                    // its last resourceVersion, which the log still holds.
-                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                    // Fell behind the live events (a burst while this task waited): catch
+                    // up from the event log, as the API server's watch cache does; once
+                    // the log no longer reaches back that far, end the stream and let the
+                    // client resume (and get 410 Expired).
+                    Err(RecvError::Lagged(_)) => {
+                        let from = WatchFrom::Rv(last_rv);
+                        let Ok((missed, rx, rv)) = store.watch(&req.def.key(), &from) else {
+                            return;
+                        };
+                        events = rx;
+                        for ev in &missed {
+                            if let Some((k, obj)) = req.view(ev)
+                                && tx.send(req.render(k, &obj)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        last_rv = rv;
+                    }
+                    Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
                     if req.bookmarks && tx.send(req.bookmark(last_rv, false)).await.is_err() {

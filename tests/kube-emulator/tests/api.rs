@@ -350,6 +350,47 @@ async fn watch_events_bookmarks_and_expiry() {
 }
 
 #[tokio::test]
+async fn a_watch_that_falls_behind_catches_up_from_the_log() {
+    let emu = Emulator::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client(&emu).await, "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    // Not read while the objects are written: the server side of the watch falls
+    // further behind the live events than its buffer holds.
+    let mut stream = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let total = 20_000;
+    let padding = "x".repeat(2048);
+    let target = kube_emulator::store::Target {
+        res: kube_emulator::resources::ResKey::new("", "configmaps"),
+        version: "v1".into(),
+        namespace: Some("default".into()),
+    };
+    for i in 0..total {
+        let obj = json!({"metadata": {"name": format!("cm-{i}")}, "data": {"padding": padding}});
+        emu.store()
+            .with(|s| s.create(&target, obj, &Default::default()))
+            .unwrap();
+    }
+    for i in 0..total {
+        match stream.try_next().await.unwrap() {
+            Some(WatchEvent::Added(c)) => {
+                assert_eq!(c.metadata.name.unwrap(), format!("cm-{i}"));
+            }
+            other => panic!("event {i}: expected ADDED, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn watch_selector_transitions() {
     let emu = Emulator::start().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client(&emu).await, "default");
