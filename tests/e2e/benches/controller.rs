@@ -1,12 +1,28 @@
-//! Controller throughput on the API emulator: apply N MetricCalculations (the worker
-//! image mapped to a no-op), wait for the backlog of Jobs, then measure apply → Job
-//! created for calculations applied one at a time, and the controller's peak RSS.
+//! Controller throughput on the API emulator, with the worker image mapped to a no-op
+//! (`/bin/true`: every Job finishes at once, so this measures the controller, not the
+//! warehouse).
 //!
-//! `cargo build -p tally && cargo bench -p tally-e2e` (N with TALLY_BENCH_CALCULATIONS,
-//! the binary with TALLY_BIN; a release `tally` gives production figures).
+//! 1. **Burst**: N MetricCalculations are created as fast as one client can.
+//! 2. **Drain**: wait until every burst calculation has its Job and has reached a
+//!    terminal state (the no-op worker writes no result, so they end `Failed`), and
+//!    the controller has then been idle (under 5% of a core) for two seconds: its
+//!    backlog of reconciles is worked off, and the store holds N calculations, N Jobs
+//!    and N Pods.
+//! 3. **Steady**: M more calculations are created at R per second.
+//!
+//! It reports apply → Job created (p50, p99, max) for the burst and for the steady
+//! wave (the figure a user sees once the backlog is drained), the controller's peak
+//! RSS, and the CPU time of the controller and of this process (the emulator and the
+//! bench's client) per phase, which shows which of the two is the bottleneck.
+//!
+//! `cargo build -p tally && cargo bench -p tally-e2e`. Environment:
+//! `TALLY_BENCH_CALCULATIONS` (N, default 5000), `TALLY_BENCH_STEADY` (M, default 300),
+//! `TALLY_BENCH_RATE` (R, default 10), `TALLY_BIN` (the `tally` binary; by default the
+//! debug build next to this bench, else the release one — the figures are for
+//! whichever is printed).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::Path,
     process::{Child, Command},
     sync::{Arc, Mutex},
@@ -16,22 +32,47 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    Api,
+    Api, Resource,
     api::{DynamicObject, PostParams},
     core::{ApiResource, GroupVersionKind},
     runtime::{WatchStreamExt, watcher},
 };
 use tally_e2e::{IMAGE, tally_bin};
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proc_status_mb(pid: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// User plus system CPU seconds of a process (`self` for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of those, in clock ticks (USER_HZ, 100 on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn calculation(name: &str) -> DynamicObject {
@@ -47,18 +88,71 @@ fn calculation(name: &str) -> DynamicObject {
     .unwrap()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+/// What the watchers saw: when each calculation's first Job appeared (by calculation
+/// name, from the Job's controller reference), and which calculations finished.
+#[derive(Default)]
+struct Seen {
+    job_created: HashMap<String, Instant>,
+    finished: HashSet<String>,
+}
+
+/// apply → Job created for `names`, sorted; `None` for a name without a Job yet.
+fn latencies(
+    seen: &Mutex<Seen>,
+    applied: &HashMap<String, Instant>,
+    names: &[String],
+) -> Option<Vec<Duration>> {
+    let seen = seen.lock().unwrap();
+    let mut out = names
+        .iter()
+        .map(|n| {
+            let created = seen.job_created.get(n)?;
+            Some(created.saturating_duration_since(applied[n]))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    out.sort();
+    Some(out)
+}
+
+fn summary(sorted: &[Duration]) -> String {
+    let at = |p: f64| sorted[((sorted.len() as f64 - 1.0) * p).round() as usize];
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3
+    )
+}
+
+/// Waits until `done` holds, panicking after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// CPU seconds of (this process, the controller) since the last call.
+struct Cpu {
+    controller: String,
+    last: (f64, f64),
+}
+
+impl Cpu {
+    fn lap(&mut self) -> (f64, f64) {
+        let now = (cpu_seconds("self"), cpu_seconds(&self.controller));
+        let lap = (now.0 - self.last.0, now.1 - self.last.1);
+        self.last = now;
+        lap
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let total: usize = std::env::var("TALLY_BENCH_CALCULATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
-    let probes = 100;
-    // Jobs finish at once: this measures the controller, not the warehouse.
+    let burst: usize = env_or("TALLY_BENCH_CALCULATIONS", 5000);
+    let steady: usize = env_or("TALLY_BENCH_STEADY", 300);
+    let rate: f64 = env_or("TALLY_BENCH_RATE", 10.0);
     let (emulator, client) = tally_e2e::start_emulator(Path::new("/bin/true")).await;
     emulator
         .apply_yaml(
@@ -81,21 +175,50 @@ spec: {type: Average, average: {measurement: {factTable: purchases, measurement:
         )
         .unwrap();
     let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
+    let resource = ApiResource::from_gvk(&gvk);
     let calculations: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));
+        Api::namespaced_with(client.clone(), "default", &resource);
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
 
-    // Job creations seen by a watcher, by Job name.
-    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let sink = seen.clone();
-    let watch = tokio::spawn(async move {
-        let mut stream = Box::pin(watcher(jobs, watcher::Config::default()).applied_objects());
-        while let Some(Ok(job)) = stream.next().await {
-            if let Some(name) = job.metadata.name {
-                sink.lock()
-                    .unwrap()
-                    .entry(name)
-                    .or_insert_with(Instant::now);
+    let job_watch = tokio::spawn(async move {
+        let mut stream = Box::pin(
+            watcher(jobs, watcher::Config::default())
+                .default_backoff()
+                .applied_objects(),
+        );
+        while let Some(event) = stream.next().await {
+            let Ok(job) = event else { continue };
+            let owner = job
+                .meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|r| r.controller == Some(true))
+                .map(|r| r.name.clone());
+            if let Some(owner) = owner {
+                let mut seen = sink.lock().unwrap();
+                seen.job_created.entry(owner).or_insert_with(Instant::now);
+            }
+        }
+    });
+    let sink = seen.clone();
+    let mc_watch = tokio::spawn({
+        let calculations = calculations.clone();
+        async move {
+            let mut stream = Box::pin(
+                watcher(calculations, watcher::Config::default())
+                    .default_backoff()
+                    .applied_objects(),
+            );
+            while let Some(event) = stream.next().await {
+                let Ok(calculation) = event else { continue };
+                let state = calculation.data["status"]["state"].as_str();
+                if matches!(state, Some("Completed" | "Failed" | "Cancelled")) {
+                    let name = calculation.metadata.name.unwrap_or_default();
+                    sink.lock().unwrap().finished.insert(name);
+                }
             }
         }
     });
@@ -106,63 +229,113 @@ spec: {type: Average, average: {measurement: {factTable: purchases, measurement:
         .env("RUST_LOG", "error")
         .spawn()
         .unwrap();
+    let mut cpu = Cpu {
+        controller: controller.id().to_string(),
+        last: (0.0, 0.0),
+    };
+    cpu.lap();
+    let mut applied: HashMap<String, Instant> = HashMap::new();
 
+    // 1. Burst.
     let started = Instant::now();
-    for i in 0..total {
+    let burst_names: Vec<String> = (0..burst).map(|i| format!("calc-{i}")).collect();
+    for name in &burst_names {
+        applied.insert(name.clone(), Instant::now());
         calculations
-            .create(&PostParams::default(), &calculation(&format!("calc-{i}")))
+            .create(&PostParams::default(), &calculation(name))
             .await
             .unwrap();
     }
-    let applied = started.elapsed();
-    loop {
-        if seen.lock().unwrap().len() >= total {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1800),
-            "backlog not drained in 30 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let drained = started.elapsed();
+    let burst_applied = started.elapsed();
 
-    let mut latencies = Vec::with_capacity(probes);
-    for i in 0..probes {
-        let name = format!("probe-{i}");
-        let applied_at = Instant::now();
+    // 2. Drain.
+    let limit = Duration::from_secs(3600);
+    wait_until("the burst's Jobs", limit, || {
+        seen.lock().unwrap().job_created.len() >= burst
+    })
+    .await;
+    let jobs_created = started.elapsed();
+    wait_until("the burst's calculations finishing", limit, || {
+        let seen = seen.lock().unwrap();
+        burst_names.iter().all(|n| seen.finished.contains(n))
+    })
+    .await;
+    let finished = started.elapsed();
+    let controller_pid = controller.id().to_string();
+    let mut idle_since = Instant::now();
+    let mut last = cpu_seconds(&controller_pid);
+    while idle_since.elapsed() < Duration::from_secs(2) {
+        assert!(started.elapsed() < limit, "the controller never went idle");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = cpu_seconds(&controller_pid);
+        if now - last > 0.05 * 0.25 {
+            idle_since = Instant::now();
+        }
+        last = now;
+    }
+    let drained = started.elapsed() - Duration::from_secs(2);
+    let burst_cpu = cpu.lap();
+    let burst_latencies = latencies(&seen, &applied, &burst_names).expect("every burst Job");
+
+    // 3. Steady wave.
+    let steady_names: Vec<String> = (0..steady).map(|i| format!("steady-{i}")).collect();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let steady_started = Instant::now();
+    for name in &steady_names {
+        tick.tick().await;
+        applied.insert(name.clone(), Instant::now());
         calculations
-            .create(&PostParams::default(), &calculation(&name))
+            .create(&PostParams::default(), &calculation(name))
             .await
             .unwrap();
-        let job = format!("{name}-1");
-        loop {
-            if let Some(at) = seen.lock().unwrap().get(&job) {
-                latencies.push(at.saturating_duration_since(applied_at));
-                break;
-            }
-            assert!(
-                applied_at.elapsed() < Duration::from_secs(60),
-                "no Job for {name}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
-    latencies.sort();
-    let rss = peak_rss_mb(controller.id());
+    let steady_applied = steady_started.elapsed();
+    wait_until("the steady wave's Jobs", Duration::from_secs(600), || {
+        latencies(&seen, &applied, &steady_names).is_some()
+    })
+    .await;
+    let steady_cpu = cpu.lap();
+    let steady_latencies = latencies(&seen, &applied, &steady_names).expect("every steady Job");
+
+    let pid = controller.id().to_string();
+    let controller_rss = proc_status_mb(&pid, "VmHWM:");
+    let emulator_rss = proc_status_mb("self", "VmHWM:");
     let _ = controller.kill();
     let _ = controller.wait();
-    watch.abort();
-    println!("tally controller bench ({})", tally_bin().display());
+    job_watch.abort();
+    mc_watch.abort();
+    let bin = tally_bin();
+    let build = if bin.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else {
+        "debug"
+    };
+    println!("tally controller bench: {} ({build} build)", bin.display());
     println!(
-        "  {total} calculations applied in {:.1} s; all their Jobs created after {:.1} s",
-        applied.as_secs_f64(),
+        "  burst: {burst} calculations created in {:.1} s; all their Jobs after {:.1} s; all finished after {:.1} s; the controller idle after {:.1} s",
+        burst_applied.as_secs_f64(),
+        jobs_created.as_secs_f64(),
+        finished.as_secs_f64(),
         drained.as_secs_f64()
     );
     println!(
-        "  after the backlog, apply → Job created over {probes} calculations: p50 {:.0} ms, p99 {:.0} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        "    apply → Job created, all {burst}: {}",
+        summary(&burst_latencies)
     );
-    println!("  controller peak RSS: {rss:.0} MB");
+    println!(
+        "    CPU: controller {:.1} s, emulator and bench client {:.1} s",
+        burst_cpu.1, burst_cpu.0
+    );
+    println!(
+        "  steady, once the backlog is drained: {steady} calculations at {rate}/s (created in {:.1} s) next to the {burst} finished ones",
+        steady_applied.as_secs_f64()
+    );
+    println!("    apply → Job created: {}", summary(&steady_latencies));
+    println!(
+        "    CPU: controller {:.1} s, emulator and bench client {:.1} s",
+        steady_cpu.1, steady_cpu.0
+    );
+    println!(
+        "  peak RSS: controller {controller_rss:.0} MB, emulator and bench client {emulator_rss:.0} MB"
+    );
 }
