@@ -391,18 +391,7 @@ impl TestCluster {
     /// Runs `tally ARGS` (e.g. `cancel mc/NAME -n NAMESPACE`) against this cluster and
     /// returns its standard output; panics when it fails.
     pub async fn tally_cli(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::new(tally_bin())
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .await
-            .expect("tally runs");
-        assert!(
-            output.status.success(),
-            "tally {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        crate::tally_cli_with(&self.kubeconfig, args).await
     }
 
     /// Waits until a Pod of the Job `job` in this namespace runs.

@@ -216,9 +216,15 @@ pub fn tally_api(client: &Client, kind: &str) -> kube::Api<kube::api::DynamicObj
 /// its standard output; panics when it fails. Async: the emulator serving the
 /// command runs on the test's own runtime.
 pub async fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
+    tally_cli_with(emulator.kubeconfig_path(), args).await
+}
+
+/// Runs `tally ARGS` against the cluster of `kubeconfig`; its standard output, or a
+/// panic when it fails.
+pub async fn tally_cli_with(kubeconfig: &Path, args: &[&str]) -> String {
     let output = tokio::process::Command::new(tally_bin())
         .args(args)
-        .env("KUBECONFIG", emulator.kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig)
         .output()
         .await
         .expect("tally runs");
