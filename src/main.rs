@@ -63,6 +63,10 @@ enum Command {
         /// The service account of calculation Jobs, unless their Warehouse sets one.
         #[arg(long, env = "TALLY_WORKER_SERVICE_ACCOUNT")]
         worker_service_account: Option<String>,
+        /// How many objects of each kind are reconciled at once; the rest wait in the
+        /// queue. Bounds the controller's memory during a burst.
+        #[arg(long, env = "TALLY_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: u16,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
@@ -112,8 +116,16 @@ fn main() -> ExitCode {
         Command::Controller {
             worker_image,
             worker_service_account,
+            concurrency,
             log_format,
-        } => return controller(worker_image, worker_service_account, log_format),
+        } => {
+            return controller(
+                worker_image,
+                worker_service_account,
+                concurrency,
+                log_format,
+            );
+        }
         Command::Cancel { target, namespace } => {
             return annotate(&target, namespace, tally::annotate::Request::Cancel);
         }
@@ -187,6 +199,7 @@ fn worker() -> ExitCode {
 fn controller(
     image: Option<String>,
     service_account: Option<String>,
+    concurrency: u16,
     format: LogFormat,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -215,7 +228,7 @@ fn controller(
         }
         defaults.service_account_name = service_account;
         tracing::info!(worker_image = %defaults.image, "tally controller starting");
-        tally::controller::run(client, defaults).await;
+        tally::controller::run(client, defaults, concurrency).await;
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS
     });

@@ -499,8 +499,14 @@ async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// At most `concurrency` reconciles run at once. Unbounded, a burst of thousands of
+/// new objects holds a request, its buffers and a resolved catalog for each of them.
+fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
+}
+
 /// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
-pub async fn run(client: Client, defaults: JobDefaults) {
+pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
     let references = References::start(&client);
     tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
     // A stop requested while the caches fill (say, the CRDs are not installed yet)
@@ -537,7 +543,8 @@ pub async fn run(client: Client, defaults: JobDefaults) {
     .owns(
         Api::<Job>::all(client.clone()),
         watcher::Config::default().labels(CALCULATION_LABEL),
-    );
+    )
+    .with_config(controller_config(concurrency));
     let calculations = watch_references(calculations, &client)
         .shutdown_on_signal()
         .run(
@@ -557,7 +564,8 @@ pub async fn run(client: Client, defaults: JobDefaults) {
     .owns(
         Api::<MetricCalculation>::all(client.clone()),
         watcher::Config::default().labels(SCHEDULE_LABEL),
-    );
+    )
+    .with_config(controller_config(concurrency));
     let schedules = watch_references(schedules, &client)
         .shutdown_on_signal()
         .run(

@@ -211,6 +211,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             &format!("--worker-image={image}"),
             "--worker-service-account=tally-worker",
             "--log-format=json",
+            "--concurrency=32",
         ]
     );
     let pod_name = controller["env"]
@@ -247,6 +248,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         "imagePullSecrets": [{"name": "registry"}],
         "logFormat": "text",
         "logLevel": "debug",
+        "concurrency": 8,
         "extraArgs": ["--example=1"],
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
@@ -281,6 +283,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--worker-image=registry.example/tally-worker:9.9.10",
             "--worker-service-account=calculations",
             "--log-format=text",
+            "--concurrency=8",
             "--example=1",
         ]
     );
@@ -372,6 +375,7 @@ fn the_values_schema_rejects_mistakes() {
         (json!({"logFormat": "yaml"}), "logFormat"),
         (json!({"workers": {"namespaces": ["a"]}}), "workers"),
         (json!({"image": {"pullPolicy": "Sometimes"}}), "pullPolicy"),
+        (json!({"concurrency": 0}), "concurrency"),
     ] {
         let Some(output) = tally_e2e::helm(&[
             "template",
