@@ -8,6 +8,7 @@
 mod backoff;
 mod conditions;
 mod decide;
+mod events;
 mod job;
 mod names;
 mod readiness;
@@ -28,7 +29,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action as Requeue,
-        events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef, Store, reflector},
         watcher::{self, watcher},
     },
@@ -39,6 +39,7 @@ pub use decide::{Action, JobState, Observed, ScheduleOrigin, decide};
 pub use readiness::DataWait;
 
 use backoff::Backoff;
+use events::EventPublisher;
 pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
 
 use crate::api::{
@@ -60,7 +61,7 @@ pub enum ControllerError {
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub defaults: JobDefaults,
     references: References,
     backoff: Backoff,
@@ -252,30 +253,6 @@ fn status_patch<S: serde::Serialize + schemars::JsonSchema>(old: Option<&S>, new
     serde_json::json!({ "status": patch })
 }
 
-/// Publishes an Event; one that cannot be written is logged, not worth failing over.
-async fn publish(
-    recorder: &Recorder,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    warning: bool,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, reference).await {
-        tracing::warn!(object = ?reference.name, %error, "could not publish an Event");
-    }
-}
-
 async fn reconcile(
     calculation: Arc<MetricCalculation>,
     ctx: Arc<Context>,
@@ -355,7 +332,9 @@ async fn reconcile(
                 note,
             } => {
                 let reference = calculation.object_ref(&());
-                publish(&ctx.recorder, &reference, warning, reason, note).await;
+                ctx.events
+                    .publish(&reference, warning, "Reconcile", reason, &note)
+                    .await;
             }
         }
     }
@@ -525,12 +504,10 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
     }
     let context = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
+        events: EventPublisher::new(
             client.clone(),
-            Reporter {
-                controller: "tally-controller".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
+            "tally-controller",
+            std::env::var("POD_NAME").ok(),
         ),
         defaults,
         references,

@@ -21,7 +21,7 @@ use super::schedule_decide::{
     Child, DEFAULT_FAILED_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT, NewRun, ScheduleAction,
     ScheduleObserved, decide_schedule,
 };
-use super::{Context, ControllerError, publish, status_patch};
+use super::{Context, ControllerError, status_patch};
 use crate::api::{
     CANCEL_ANNOTATION, DEFINITION_ANNOTATION, MetricCalculation, MetricCalculationSpec,
     RESUME_ANNOTATION, RETRIGGER_ANNOTATION, RETRIGGERED_BY_ANNOTATION,
@@ -280,7 +280,9 @@ pub async fn reconcile(
                 note,
             } => {
                 let reference = schedule.object_ref(&());
-                publish(&ctx.recorder, &reference, warning, reason, note).await;
+                ctx.events
+                    .publish(&reference, warning, "Reconcile", reason, &note)
+                    .await;
             }
         }
     }

@@ -1,0 +1,278 @@
+//! Kubernetes Events (`events.k8s.io/v1`) for the controllers' transitions.
+//!
+//! An Event repeated for the same object, type and reason within [`SERIES_WINDOW`]
+//! becomes a series on the first one (its `series.count` goes up) instead of a new
+//! object, as kube-runtime's `Recorder` does. Unlike the `Recorder`, which keeps every
+//! Event it wrote for six minutes and scans them all on each publish, this remembers
+//! only a name and a count per key, and sweeps expired keys at most once per window:
+//! a burst of thousands of calculations costs kilobytes, not tens of megabytes.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        core::v1::ObjectReference,
+        events::v1::{Event, EventSeries},
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+
+use super::names::fnv1a;
+
+/// How long a repeat counts as part of the same series.
+pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// The API server refuses notes over 1 kB.
+const NOTE_LIMIT: usize = 1024;
+
+/// What the publisher remembers of a series: the Event's name, how often it was
+/// seen, and when last.
+#[derive(Debug, Clone, PartialEq)]
+struct Series {
+    name: String,
+    count: i32,
+    last: Instant,
+}
+
+/// What to write for one more occurrence of an Event.
+#[derive(Debug, PartialEq)]
+enum Write {
+    Create { name: String },
+    Repeat { name: String, count: i32 },
+}
+
+/// Decides between a new Event and one more count on a series still open at `now`.
+fn next_write(previous: Option<&Series>, now: Instant, new_name: impl FnOnce() -> String) -> Write {
+    match previous {
+        Some(series) if now.duration_since(series.last) < SERIES_WINDOW => Write::Repeat {
+            name: series.name.clone(),
+            count: series.count + 1,
+        },
+        _ => Write::Create { name: new_name() },
+    }
+}
+
+/// The note cut to the API server's limit, on a character boundary.
+fn bounded_note(note: &str) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note.to_string();
+    }
+    let mut end = NOTE_LIMIT - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
+#[derive(Default)]
+struct Memory {
+    series: HashMap<u64, Series>,
+    swept: Option<Instant>,
+}
+
+impl Memory {
+    /// Forgets series that can no longer be continued, at most once per window.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|at| now.duration_since(at) < SERIES_WINDOW)
+        {
+            return;
+        }
+        self.series
+            .retain(|_, s| now.duration_since(s.last) < SERIES_WINDOW);
+        self.swept = Some(now);
+    }
+}
+
+pub struct EventPublisher {
+    client: Client,
+    controller: String,
+    instance: String,
+    memory: Mutex<Memory>,
+}
+
+impl EventPublisher {
+    pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
+        Self {
+            client,
+            controller: controller.to_string(),
+            instance: instance.unwrap_or_else(|| controller.to_string()),
+            memory: Mutex::default(),
+        }
+    }
+
+    /// Publishes an Event about `regarding`; one that cannot be written is logged, not
+    /// worth failing a reconcile over.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        action: &str,
+        reason: &str,
+        note: &str,
+    ) {
+        let type_ = if warning { "Warning" } else { "Normal" };
+        let key = fnv1a(
+            [
+                regarding.uid.as_deref().unwrap_or_default(),
+                regarding.namespace.as_deref().unwrap_or_default(),
+                regarding.name.as_deref().unwrap_or_default(),
+                type_,
+                action,
+                reason,
+            ]
+            .join("\0")
+            .as_bytes(),
+        );
+        let now = Instant::now();
+        let write = {
+            let Ok(mut memory) = self.memory.lock() else {
+                return;
+            };
+            memory.sweep(now);
+            next_write(memory.series.get(&key), now, || {
+                format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    Timestamp::now().as_nanosecond()
+                )
+            })
+        };
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let events = Api::<Event>::namespaced(self.client.clone(), namespace);
+        let stamp = MicroTime(Timestamp::now());
+        let (name, count, result) = match write {
+            Write::Create { name } => {
+                let event = Event {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.to_string()),
+                        ..ObjectMeta::default()
+                    },
+                    event_time: Some(stamp),
+                    action: Some(action.to_string()),
+                    reason: Some(reason.to_string()),
+                    note: Some(bounded_note(note)),
+                    regarding: Some(regarding.clone()),
+                    reporting_controller: Some(self.controller.clone()),
+                    reporting_instance: Some(self.instance.clone()),
+                    type_: Some(type_.to_string()),
+                    ..Event::default()
+                };
+                let result = events
+                    .create(&PostParams::default(), &event)
+                    .await
+                    .map(|_| ());
+                (name, 1, result)
+            }
+            Write::Repeat { name, count } => {
+                let patch = serde_json::json!({
+                    "note": bounded_note(note),
+                    "series": EventSeries { count, last_observed_time: stamp },
+                });
+                let result = events
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ());
+                (name, count, result)
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Ok(mut memory) = self.memory.lock() {
+                    memory.series.insert(
+                        key,
+                        Series {
+                            name,
+                            count,
+                            last: now,
+                        },
+                    );
+                }
+            }
+            Err(error) => {
+                // A series whose Event is gone (deleted, expired) starts over next time.
+                if let Ok(mut memory) = self.memory.lock() {
+                    memory.series.remove(&key);
+                }
+                tracing::warn!(object = ?regarding.name, reason, %error, "could not publish an Event");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_event_is_created_and_a_repeat_within_the_window_counts_on_it() {
+        let start = Instant::now();
+        assert_eq!(
+            next_write(None, start, || "calc.1".into()),
+            Write::Create {
+                name: "calc.1".into()
+            }
+        );
+        let series = Series {
+            name: "calc.1".into(),
+            count: 1,
+            last: start,
+        };
+        assert_eq!(
+            next_write(Some(&series), start + Duration::from_secs(60), || "calc.2"
+                .into()),
+            Write::Repeat {
+                name: "calc.1".into(),
+                count: 2
+            }
+        );
+        assert_eq!(
+            next_write(Some(&series), start + SERIES_WINDOW, || "calc.3".into()),
+            Write::Create {
+                name: "calc.3".into()
+            }
+        );
+    }
+
+    #[test]
+    fn expired_series_are_swept_at_most_once_per_window() {
+        let start = Instant::now();
+        let mut memory = Memory::default();
+        let series = |last| Series {
+            name: "x".into(),
+            count: 1,
+            last,
+        };
+        memory.series.insert(1, series(start));
+        memory.sweep(start);
+        assert_eq!(memory.series.len(), 1);
+        memory
+            .series
+            .insert(2, series(start + Duration::from_secs(10)));
+        // Within the window since the last sweep: nothing is scanned.
+        memory.sweep(start + SERIES_WINDOW - Duration::from_secs(1));
+        assert_eq!(memory.series.len(), 2);
+        memory.sweep(start + SERIES_WINDOW + Duration::from_secs(5));
+        assert_eq!(memory.series.keys().copied().collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_api_limit_on_a_character_boundary() {
+        assert_eq!(bounded_note("short"), "short");
+        let long = "é".repeat(NOTE_LIMIT);
+        let cut = bounded_note(&long);
+        assert!(cut.len() <= NOTE_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+    }
+}
