@@ -484,6 +484,63 @@ fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(concurrency)
 }
 
+/// A controller of `K` that owns the `Child` objects labelled `child_label` and
+/// watches everything a calculation can refer to.
+fn controller_of<K, Child>(client: &Client, child_label: &str, concurrency: u16) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Child: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(
+            Api::<Child>::all(client.clone()),
+            watcher::Config::default().labels(child_label),
+        )
+        .with_config(controller_config(concurrency));
+    watch_references(controller, client)
+}
+
+/// Runs `controller` until SIGTERM, each reconcile under the per-object backoff.
+async fn drive<K, F>(
+    controller: Controller<K>,
+    reconcile: fn(Arc<K>, Arc<Context>) -> F,
+    context: Arc<Context>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: std::future::Future<Output = Result<Requeue, ControllerError>> + Send + 'static,
+{
+    controller
+        .shutdown_on_signal()
+        .run(
+            move |object, ctx| with_backoff(object, ctx, reconcile),
+            error_policy,
+            context,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(kind = K::kind(&()).as_ref(), %error, "reconcile error");
+            }
+        })
+        .await;
+}
+
 /// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
 pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
     let references = References::start(&client);
@@ -513,48 +570,20 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
         references,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
     });
-    let calculations = Controller::new(
-        Api::<MetricCalculation>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<Job>::all(client.clone()),
-        watcher::Config::default().labels(CALCULATION_LABEL),
-    )
-    .with_config(controller_config(concurrency));
-    let calculations = watch_references(calculations, &client)
-        .shutdown_on_signal()
-        .run(
-            |object, ctx| with_backoff(object, ctx, reconcile),
-            error_policy,
-            context.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconcile error");
-            }
-        });
-    let schedules = Controller::new(
-        Api::<ScheduledMetricCalculation>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(
-        Api::<MetricCalculation>::all(client.clone()),
-        watcher::Config::default().labels(SCHEDULE_LABEL),
-    )
-    .with_config(controller_config(concurrency));
-    let schedules = watch_references(schedules, &client)
-        .shutdown_on_signal()
-        .run(
-            |object, ctx| with_backoff(object, ctx, schedule::reconcile),
-            error_policy,
-            context,
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "schedule reconcile error");
-            }
-        });
+    let calculations = drive(
+        controller_of::<MetricCalculation, Job>(&client, CALCULATION_LABEL, concurrency),
+        reconcile,
+        context.clone(),
+    );
+    let schedules = drive(
+        controller_of::<ScheduledMetricCalculation, MetricCalculation>(
+            &client,
+            SCHEDULE_LABEL,
+            concurrency,
+        ),
+        schedule::reconcile,
+        context,
+    );
     futures::join!(calculations, schedules);
 }
 
