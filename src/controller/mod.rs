@@ -78,17 +78,31 @@ pub struct References {
     metrics: Store<Metric>,
 }
 
-/// A cache of every object of kind `K`, filled by a watch driven on its own task.
-fn reflected<K>(client: &Client) -> Store<K>
-where
+/// What a watch needs of the kinds Tally watches.
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A cache of every object of kind `K`, filled by a watch driven on its own task.
+fn reflected<K: Watched>(client: &Client) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector(
         writer,
@@ -424,16 +438,7 @@ where
 /// Adds watches on everything a calculation can refer to: a change to one
 /// re-reconciles the objects of its namespace (few per namespace; resolution decides
 /// which are affected).
-fn watch_references<K>(controller: Controller<K>, client: &Client) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+fn watch_references<K: Watched>(controller: Controller<K>, client: &Client) -> Controller<K> {
     let store = controller.store();
     let same_namespace = move |namespace: Option<String>| {
         store
@@ -486,22 +491,11 @@ fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
 
 /// A controller of `K` that owns the `Child` objects labelled `child_label` and
 /// watches everything a calculation can refer to.
-fn controller_of<K, Child>(client: &Client, child_label: &str, concurrency: u16) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    Child: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
+fn controller_of<K: Watched, Child: Watched>(
+    client: &Client,
+    child_label: &str,
+    concurrency: u16,
+) -> Controller<K> {
     let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
         .owns(
             Api::<Child>::all(client.clone()),
@@ -517,13 +511,7 @@ async fn drive<K, F>(
     reconcile: fn(Arc<K>, Arc<Context>) -> F,
     context: Arc<Context>,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     F: std::future::Future<Output = Result<Requeue, ControllerError>> + Send + 'static,
 {
     controller
