@@ -15,14 +15,11 @@ use std::{
 
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::{
-        core::v1::ObjectReference,
-        events::v1::{Event, EventSeries},
-    },
+    api::events::v1::{Event, EventSeries},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     api::{Patch, PatchParams, PostParams},
 };
 
@@ -30,6 +27,9 @@ use super::names::fnv1a;
 
 /// How long a repeat counts as part of the same series.
 pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// Every Event reports a transition its reconcile made.
+const ACTION: &str = "Reconcile";
 
 /// The API server refuses notes over 1 kB.
 const NOTE_LIMIT: usize = 1024;
@@ -111,16 +111,16 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes an Event about `regarding`; one that cannot be written is logged, not
+    /// Publishes an Event about `object`; one that cannot be written is logged, not
     /// worth failing a reconcile over.
-    pub async fn publish(
+    pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,
-        regarding: &ObjectReference,
+        object: &K,
         warning: bool,
-        action: &str,
         reason: &str,
         note: &str,
     ) {
+        let regarding = &object.object_ref(&());
         let type_ = if warning { "Warning" } else { "Normal" };
         let key = fnv1a(
             [
@@ -128,7 +128,6 @@ impl EventPublisher {
                 regarding.namespace.as_deref().unwrap_or_default(),
                 regarding.name.as_deref().unwrap_or_default(),
                 type_,
-                action,
                 reason,
             ]
             .join("\0")
@@ -160,7 +159,7 @@ impl EventPublisher {
                         ..ObjectMeta::default()
                     },
                     event_time: Some(stamp),
-                    action: Some(action.to_string()),
+                    action: Some(ACTION.to_string()),
                     reason: Some(reason.to_string()),
                     note: Some(bounded_note(note)),
                     regarding: Some(regarding.clone()),

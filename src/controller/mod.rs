@@ -345,9 +345,8 @@ async fn reconcile(
                 reason,
                 note,
             } => {
-                let reference = calculation.object_ref(&());
                 ctx.events
-                    .publish(&reference, warning, "Reconcile", reason, &note)
+                    .publish(&*calculation, warning, reason, &note)
                     .await;
             }
         }
@@ -483,12 +482,6 @@ async fn stop_requested() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// At most `concurrency` reconciles run at once. Unbounded, a burst of thousands of
-/// new objects holds a request, its buffers and a resolved catalog for each of them.
-fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(concurrency)
-}
-
 /// A controller of `K` that owns the `Child` objects labelled `child_label` and
 /// watches everything a calculation can refer to.
 fn controller_of<K: Watched, Child: Watched>(
@@ -501,7 +494,9 @@ fn controller_of<K: Watched, Child: Watched>(
             Api::<Child>::all(client.clone()),
             watcher::Config::default().labels(child_label),
         )
-        .with_config(controller_config(concurrency));
+        // At most `concurrency` reconciles at once: unbounded, a burst of thousands of
+        // new objects holds a request, its buffers and a resolved catalog for each.
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     watch_references(controller, client)
 }
 

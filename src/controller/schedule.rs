@@ -279,10 +279,7 @@ pub async fn reconcile(
                 reason,
                 note,
             } => {
-                let reference = schedule.object_ref(&());
-                ctx.events
-                    .publish(&reference, warning, "Reconcile", reason, &note)
-                    .await;
+                ctx.events.publish(&*schedule, warning, reason, &note).await;
             }
         }
     }
