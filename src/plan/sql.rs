@@ -5,11 +5,15 @@
 //!    distinct variants per entity (for the multiple-variant exclusion and count).
 //! 2. `exposed`: single-variant entities in the exposure groups whose window is complete.
 //! 3. per fact read: `facts_i` (filtered rows in the fact time range) joined once to
-//!    `exposed` on the entity alone and aggregated per entity with a `FILTER` clause
-//!    per window (`entity_facts_i`). Facts are the probe side and the grouping key is
-//!    the fact table's column, whose statistics survive the join: with dense integer
-//!    ids DuckDB then aggregates into a perfect hash table. A range condition in the
-//!    join would cost more than it filters.
+//!    `exposed` on the entity alone and aggregated per entity (`entity_facts_i`).
+//!    Facts are the probe side and the grouping key is the fact table's column, whose
+//!    statistics survive the join: with dense integer ids DuckDB then aggregates into
+//!    a perfect hash table. A range condition in the join would cost more than it
+//!    filters. Each fact row carries its time since the entity's first exposure in
+//!    microseconds, so a window is two integer comparisons with constants, and each
+//!    window's aggregate reads a `CASE` of the value: one pass over the rows updates
+//!    every aggregate, where a `FILTER` clause per aggregate would select the rows
+//!    once per aggregate.
 //! 4. `entity_values`: per entity, the raw and transformed (cap, missing, threshold)
 //!    values of every measure, pre and post, and its dimension values.
 //! 5. `buckets`: additive moments per variant with `GROUPING SETS` for the overall and
@@ -47,7 +51,11 @@ fn timestamp(t: Timestamp) -> String {
 }
 
 fn interval(d: SignedDuration) -> String {
-    format!("to_microseconds({}::BIGINT)", d.as_micros())
+    format!("to_microseconds({})", micros(d))
+}
+
+fn micros(d: SignedDuration) -> String {
+    format!("{}::BIGINT", d.as_micros())
 }
 
 fn float(value: f64) -> String {
@@ -76,16 +84,17 @@ fn ts(column: &str) -> String {
 
 /// The per-entity aggregate over one window, NULL when the window holds no value (the
 /// entity is then missing): sums, means and extremes are NULL by themselves, counts
-/// are 0 and become NULL.
+/// are 0 and become NULL. Rows outside the window read as NULL, which every
+/// aggregate skips.
 fn aggregate(measure: &Measure, value: &str, window: &str) -> String {
-    let f = format!("FILTER (WHERE {window})");
+    let v = format!("CASE WHEN {window} THEN {value} END");
     let aggregate = match measure.aggregation {
-        Aggregation::Sum => format!("sum({value}) {f}"),
-        Aggregation::Count => format!("nullif(count({value}) {f}, 0)"),
-        Aggregation::CountDistinct => format!("nullif(count(DISTINCT {value}) {f}, 0)"),
-        Aggregation::Mean => format!("avg({value}) {f}"),
-        Aggregation::Max => format!("max({value}) {f}"),
-        Aggregation::Min => format!("min({value}) {f}"),
+        Aggregation::Sum => format!("sum({v})"),
+        Aggregation::Count => format!("nullif(count({v}), 0)"),
+        Aggregation::CountDistinct => format!("nullif(count(DISTINCT {v}), 0)"),
+        Aggregation::Mean => format!("avg({v})"),
+        Aggregation::Max => format!("max({v})"),
+        Aggregation::Min => format!("min({v})"),
     };
     format!("CAST({aggregate} AS DOUBLE)")
 }
@@ -184,22 +193,13 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         let groups: Vec<String> = c.exposure_groups.iter().map(|g| quote_literal(g)).collect();
         let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
     }
-    // Window bounds are computed once per entity, not once per fact row.
-    let mut bounds = format!(
-        ",\n    first_exposure + {} AS post_start",
-        interval(c.window_offset)
-    );
     if let Some(length) = c.window_length {
-        let end = format!("first_exposure + {}", interval(c.window_offset + length));
         // A closed window counts only once it is complete.
-        let _ = write!(kept, " AND {end} <= {}", timestamp(t.fact_end));
-        let _ = write!(bounds, ",\n    {end} AS post_end");
-    }
-    if let Some(pre) = c.pre_exposure_window {
         let _ = write!(
-            bounds,
-            ",\n    first_exposure - {} AS pre_start",
-            interval(pre)
+            kept,
+            " AND first_exposure + {} <= {}",
+            interval(c.window_offset + length),
+            timestamp(t.fact_end)
         );
     }
     let exposure_dims: String = c
@@ -211,20 +211,22 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         .collect();
     let _ = write!(
         sql,
-        "exposed AS (\n  SELECT entity, first_exposure, variant{exposure_dims}{bounds}\n  FROM exposure_entities\n  WHERE {kept}\n),\n"
+        "exposed AS (\n  SELECT entity, first_exposure, epoch_us(first_exposure) AS first_exposure_us, variant{exposure_dims}\n  FROM exposure_entities\n  WHERE {kept}\n),\n"
     );
 
-    // 3. Facts per read, aggregated per entity over the pre and post windows.
+    // 3. Facts per read, aggregated per entity over the pre and post windows, in
+    // microseconds since the first exposure.
     let post_end = c
         .window_length
-        .map(|_| " AND f.ts < e.post_end")
+        .map(|length| format!(" AND since < {}", micros(c.window_offset + length)))
         .unwrap_or_default();
-    let post_window = format!("f.ts >= e.post_start{post_end}");
+    let post_window = format!("since >= {}{post_end}", micros(c.window_offset));
     let pre_window = c
         .pre_exposure_window
-        .map(|_| "f.ts >= e.pre_start AND f.ts < e.first_exposure".to_string());
+        .map(|pre| format!("since >= -{} AND since < 0", micros(pre)));
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
+        let mut joined_values = String::new();
         let mut aggregates = String::new();
         for (m, measure) in c.measures.iter().enumerate() {
             if measure.read != r {
@@ -236,12 +238,13 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 (Some(col), _) => format!("CAST({} AS DOUBLE)", quote_ident(col)),
             };
             let _ = write!(values, ", {value} AS v{m}");
+            let _ = write!(joined_values, ", f.v{m}");
             let mut windows = vec![("post", post_window.clone())];
             if let Some(pre) = &pre_window {
                 windows.push(("pre", pre.clone()));
             }
             for (name, window) in windows {
-                let v = format!("f.v{m}");
+                let v = format!("v{m}");
                 let _ = write!(
                     aggregates,
                     ",\n    {agg} AS {name}_raw{m}",
@@ -249,7 +252,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 );
                 let _ = write!(
                     aggregates,
-                    ",\n    count(*) FILTER (WHERE {window} AND {v} IS NULL) AS {name}_null_rows{m}"
+                    ",\n    count(CASE WHEN {window} AND {v} IS NULL THEN 1 END) AS {name}_null_rows{m}"
                 );
             }
         }
@@ -269,7 +272,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         );
         let _ = write!(
             sql,
-            "entity_facts_{r} AS (\n  SELECT f.entity{aggregates}\n  FROM facts_{r} AS f\n  JOIN exposed AS e ON f.entity = e.entity\n  GROUP BY f.entity\n),\n"
+            "entity_facts_{r} AS (\n  SELECT entity{aggregates}\n  FROM (\n    SELECT f.entity, epoch_us(f.ts) - e.first_exposure_us AS since{joined_values}\n    FROM facts_{r} AS f\n    JOIN exposed AS e ON f.entity = e.entity\n  )\n  GROUP BY entity\n),\n"
         );
     }
 
