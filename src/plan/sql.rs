@@ -250,10 +250,12 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                     ",\n    {agg} AS {name}_raw{m}",
                     agg = aggregate(measure, &v, &window),
                 );
-                let _ = write!(
-                    aggregates,
-                    ",\n    count(CASE WHEN {window} AND {v} IS NULL THEN 1 END) AS {name}_null_rows{m}"
-                );
+                // A count of rows reads no column, so none of its rows lacks a value.
+                let null_rows = match measure.column {
+                    Some(_) => format!("count(CASE WHEN {window} AND {v} IS NULL THEN 1 END)"),
+                    None => "0".to_string(),
+                };
+                let _ = write!(aggregates, ",\n    {null_rows} AS {name}_null_rows{m}");
             }
         }
         let filter = read
