@@ -30,6 +30,16 @@ fn api_error(e: kube::Error) -> E {
     }
 }
 
+/// The resource version a watch started now begins after.
+async fn list_version(cms: &Api<ConfigMap>) -> String {
+    cms.list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap()
+}
+
 fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
@@ -353,13 +363,7 @@ async fn watch_events_bookmarks_and_expiry() {
 async fn a_watch_that_falls_behind_catches_up_from_the_log() {
     let emu = Emulator::start().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client(&emu).await, "default");
-    let rv = cms
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_version(&cms).await;
     // Not read while the objects are written: the server side of the watch falls
     // further behind the live events than its buffer holds.
     let mut stream = cms
@@ -394,13 +398,7 @@ async fn a_watch_that_falls_behind_catches_up_from_the_log() {
 async fn watch_selector_transitions() {
     let emu = Emulator::start().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client(&emu).await, "default");
-    let rv = cms
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = list_version(&cms).await;
     let mut stream = cms
         .watch(&WatchParams::default().labels("pick=yes").timeout(1), &rv)
         .await
