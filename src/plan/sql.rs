@@ -1,8 +1,9 @@
 //! The SQL of a calculation: one statement returning the sums of every bucket.
 //!
 //! Shape of the statement:
-//! 1. `exposure_rows` → `exposure_entities`: first exposure, variant and the number of
-//!    distinct variants per entity (for the multiple-variant exclusion and count).
+//! 1. `exposure_rows` → `exposure_entities`: first exposure and the smallest and
+//!    largest variant per entity (they differ for a multiple-variant entity, which is
+//!    excluded and counted).
 //! 2. `exposed`: single-variant entities in the exposure groups whose window is complete.
 //! 3. per fact read: `facts_i` (filtered rows in the fact time range) joined once to
 //!    `exposed` on the entity alone and aggregated per entity (`entity_facts_i`).
@@ -223,7 +224,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     let post_window = format!("since >= {}{post_end}", micros(c.window_offset));
     let pre_window = c
         .pre_exposure_window
-        .map(|pre| format!("since >= -{} AND since < 0", micros(pre)));
+        .map(|pre| format!("since >= {} AND since < 0", micros(-pre)));
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
         let mut joined_values = String::new();
