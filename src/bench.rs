@@ -1,9 +1,9 @@
 //! `tally bench`: calculation time against a bare scan of the same fact columns.
 //!
 //! Generates synthetic Parquet (N entities, M facts, two variants) with DuckDB, then
-//! times, on the same DuckDB, (a) `SELECT count, sum, max` over the fact columns the
-//! calculation reads and (b) the compiled SQL of an average metric with CUPED and of a
-//! ratio metric. The ratio (b)/(a) is the figure of merit; it is printed for M/2 and M
+//! times, on the same DuckDB, (a) `SELECT sum, sum, max` over the three fact columns
+//! the calculation reads (entity, amount, timestamp) and (b) the compiled SQL of an
+//! average metric with CUPED and of a ratio metric. The ratio (b)/(a) is the figure of merit; it is printed for M/2 and M
 //! facts so its growth with data can be seen.
 
 use std::{fmt::Write as _, path::Path, time::Instant};
@@ -168,8 +168,10 @@ pub fn run(dir: &Path, entities: u64, facts: u64, repeat: u32) -> Result<String,
         let scan = best_of(
             repeat,
             "the bare scan",
+            // `count(user_id)` would not do: with no nulls in the file's statistics
+            // DuckDB answers it as `count(*)` and never reads the column.
             &format!(
-                "SELECT count(user_id), sum(amount), CAST(max(ts) AS VARCHAR) FROM read_parquet({})",
+                "SELECT sum(user_id), sum(amount), CAST(max(ts) AS VARCHAR) FROM read_parquet({})",
                 quoted(&sub.join("facts.parquet"))
             ),
         )?;

@@ -134,20 +134,28 @@ fn transformed(measure: &Measure, raw: &str) -> String {
 
 /// Sums of the variables and of their pairwise products over rows where `present`.
 fn moments(out: &mut String, prefix: &str, variables: &[String], present: &str) {
-    let filter = format!("FILTER (WHERE {present})");
-    let _ = write!(out, ",\n    count(*) {filter} AS {prefix}_n");
+    let _ = write!(out, ",\n    {} AS {prefix}_n", count_where(present));
     for (i, v) in variables.iter().enumerate() {
-        let _ = write!(out, ",\n    sum({v}) {filter} AS {prefix}_s{i}");
+        let _ = write!(
+            out,
+            ",\n    sum(CASE WHEN {present} THEN {v} END) AS {prefix}_s{i}"
+        );
     }
     for i in 0..variables.len() {
         for j in i..variables.len() {
             let _ = write!(
                 out,
-                ",\n    sum({} * {}) {filter} AS {prefix}_p{i}{j}",
+                ",\n    sum(CASE WHEN {present} THEN {} * {} END) AS {prefix}_p{i}{j}",
                 variables[i], variables[j]
             );
         }
     }
+}
+
+/// The number of rows where `condition` holds. Like the per-entity windows, bucket
+/// aggregates read a `CASE` rather than a `FILTER` each: the rows are passed once.
+fn count_where(condition: &str) -> String {
+    format!("count(CASE WHEN {condition} THEN 1 END)")
 }
 
 /// The DuckDB statement of a resolved calculation.
@@ -253,7 +261,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 );
                 // A count of rows reads no column, so none of its rows lacks a value.
                 let null_rows = match measure.column {
-                    Some(_) => format!("count(CASE WHEN {window} AND {v} IS NULL THEN 1 END)"),
+                    Some(_) => count_where(&format!("{window} AND {v} IS NULL")),
                     None => "0".to_string(),
                 };
                 let _ = write!(aggregates, ",\n    {null_rows} AS {name}_null_rows{m}");
@@ -382,16 +390,19 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         .collect();
     let post_present = all_present("post");
     let mut aggregates = format!(
-        "count(*) AS entities,\n    count(*) FILTER (WHERE {}) AS count_missing,\n    sum({}) AS count_missing_rows",
-        any_raw_missing("post"),
+        "count(*) AS entities,\n    {} AS count_missing,\n    sum({}) AS count_missing_rows",
+        count_where(&any_raw_missing("post")),
         null_rows("post"),
     );
     moments(&mut aggregates, "post", &post_values, &post_present);
     if cuped {
         let _ = write!(
             aggregates,
-            ",\n    count(*) FILTER (WHERE ({post_present}) AND ({})) AS pre_count_missing,\n    sum({}) AS pre_count_missing_rows",
-            any_raw_missing("pre"),
+            ",\n    {} AS pre_count_missing,\n    sum({}) AS pre_count_missing_rows",
+            count_where(&format!(
+                "({post_present}) AND ({})",
+                any_raw_missing("pre")
+            )),
             null_rows("pre"),
         );
         // Pre values first, then post: [x, y] or [a, b, y, d].
