@@ -3,8 +3,8 @@
 //! Generates synthetic Parquet (N entities, M facts, two variants) with DuckDB, then
 //! times, on the same DuckDB, (a) `SELECT sum, sum, max` over the three fact columns
 //! the calculation reads (entity, amount, timestamp) and (b) the compiled SQL of an
-//! average metric with CUPED and of a ratio metric. The ratio (b)/(a) is the figure of merit; it is printed for M/2 and M
-//! facts so its growth with data can be seen.
+//! average metric with CUPED and of a ratio metric. The ratio (b)/(a) is the figure of
+//! merit; it is printed for M/2 and M facts so its growth with data can be seen.
 
 use std::{fmt::Write as _, path::Path, time::Instant};
 
