@@ -107,30 +107,53 @@ pub fn run(
     sql: &str,
     on_start: impl FnOnce(Box<dyn Interrupt>),
 ) -> Result<QueryResult, EngineError> {
-    let connection = open(settings)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    on_start(Box::new(DuckDbInterrupt {
-        handle: connection.interrupt_handle(),
-        interrupted: interrupted.clone(),
-    }));
-    let query_error = |e: duckdb::Error| {
-        if interrupted.load(Ordering::SeqCst) {
-            EngineError::Cancelled
-        } else {
-            EngineError::Query(e.to_string())
-        }
-    };
-    let mut statement = connection.prepare(sql).map_err(query_error)?;
-    let mut rows = statement.query([]).map_err(query_error)?;
-    let columns: Vec<String> = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(query_error)? {
-        let mut values = Vec::with_capacity(columns.len());
-        for (i, column) in columns.iter().enumerate() {
-            let v = row.get_ref(i).map_err(query_error)?;
-            values.push(value(column, v)?);
-        }
-        out.push(values);
+    Session::open(settings)?.query(sql, on_start)
+}
+
+/// An open database. A calculation gets a fresh one (`run`); the benchmark keeps one
+/// so that it times statements on a warm engine rather than the opening of a database.
+pub struct Session {
+    connection: Connection,
+}
+
+impl Session {
+    pub fn open(settings: &DuckDbSettings) -> Result<Self, EngineError> {
+        Ok(Self {
+            connection: open(settings)?,
+        })
     }
-    Ok(QueryResult { columns, rows: out })
+
+    /// Runs `sql` and collects every row.
+    pub fn query(
+        &self,
+        sql: &str,
+        on_start: impl FnOnce(Box<dyn Interrupt>),
+    ) -> Result<QueryResult, EngineError> {
+        let connection = &self.connection;
+        let interrupted = Arc::new(AtomicBool::new(false));
+        on_start(Box::new(DuckDbInterrupt {
+            handle: connection.interrupt_handle(),
+            interrupted: interrupted.clone(),
+        }));
+        let query_error = |e: duckdb::Error| {
+            if interrupted.load(Ordering::SeqCst) {
+                EngineError::Cancelled
+            } else {
+                EngineError::Query(e.to_string())
+            }
+        };
+        let mut statement = connection.prepare(sql).map_err(query_error)?;
+        let mut rows = statement.query([]).map_err(query_error)?;
+        let columns: Vec<String> = rows.as_ref().map(|s| s.column_names()).unwrap_or_default();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(query_error)? {
+            let mut values = Vec::with_capacity(columns.len());
+            for (i, column) in columns.iter().enumerate() {
+                let v = row.get_ref(i).map_err(query_error)?;
+                values.push(value(column, v)?);
+            }
+            out.push(values);
+        }
+        Ok(QueryResult { columns, rows: out })
+    }
 }
