@@ -18,7 +18,7 @@
 //! 4. `entity_values`: per entity, the raw and transformed (cap, missing, threshold)
 //!    values of every measure, pre and post, and its dimension values.
 //! 5. `buckets`: additive moments per variant with `GROUPING SETS` for the overall and
-//!    per-dimension buckets.
+//!    per-dimension buckets, each moment over a `CASE` of its value as in 3.
 
 use std::fmt::Write;
 
@@ -88,7 +88,7 @@ fn ts(column: &str) -> String {
 /// are 0 and become NULL. Rows outside the window read as NULL, which every
 /// aggregate skips.
 fn aggregate(measure: &Measure, value: &str, window: &str) -> String {
-    let v = format!("CASE WHEN {window} THEN {value} END");
+    let v = only_where(window, value);
     let aggregate = match measure.aggregation {
         Aggregation::Sum => format!("sum({v})"),
         Aggregation::Count => format!("nullif(count({v}), 0)"),
@@ -138,24 +138,31 @@ fn moments(out: &mut String, prefix: &str, variables: &[String], present: &str) 
     for (i, v) in variables.iter().enumerate() {
         let _ = write!(
             out,
-            ",\n    sum(CASE WHEN {present} THEN {v} END) AS {prefix}_s{i}"
+            ",\n    sum({}) AS {prefix}_s{i}",
+            only_where(present, v)
         );
     }
     for i in 0..variables.len() {
         for j in i..variables.len() {
+            let product = format!("{} * {}", variables[i], variables[j]);
             let _ = write!(
                 out,
-                ",\n    sum(CASE WHEN {present} THEN {} * {} END) AS {prefix}_p{i}{j}",
-                variables[i], variables[j]
+                ",\n    sum({}) AS {prefix}_p{i}{j}",
+                only_where(present, &product)
             );
         }
     }
 }
 
-/// The number of rows where `condition` holds. Like the per-entity windows, bucket
-/// aggregates read a `CASE` rather than a `FILTER` each: the rows are passed once.
+/// `value` on rows where `condition` holds, NULL elsewhere, which every aggregate
+/// skips: what windows and buckets aggregate instead of a `FILTER` each (module doc).
+fn only_where(condition: &str, value: &str) -> String {
+    format!("CASE WHEN {condition} THEN {value} END")
+}
+
+/// The number of rows where `condition` holds.
 fn count_where(condition: &str) -> String {
-    format!("count(CASE WHEN {condition} THEN 1 END)")
+    format!("count({})", only_where(condition, "1"))
 }
 
 /// The DuckDB statement of a resolved calculation.
