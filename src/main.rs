@@ -42,6 +42,9 @@ enum Command {
         facts: u64,
         #[arg(long, default_value_t = 3)]
         repeat: u32,
+        /// Entity ids of the synthetic data.
+        #[arg(long, value_enum, default_value = "integer")]
+        ids: tally::bench::EntityIds,
         /// Where to write the data (default: a directory under the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -154,10 +157,11 @@ fn main() -> ExitCode {
             entities,
             facts,
             repeat,
+            ids,
             dir,
         } => {
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("tally-bench"));
-            tally::bench::run(&dir, entities, facts, repeat).map_err(cli::CliError::from)
+            tally::bench::run(&dir, entities, facts, repeat, ids).map_err(cli::CliError::from)
         }
     };
     match output {

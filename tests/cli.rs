@@ -282,43 +282,48 @@ fn cancel_with_a_bad_target_fails_before_contacting_a_cluster() {
 
 #[test]
 fn bench_prints_both_metrics_at_both_sizes_and_removes_its_data() {
-    let dir = std::env::temp_dir().join(format!("tally-cli-bench-{}", std::process::id()));
-    let output = tally(&[
-        "bench",
-        "--entities",
-        "10000",
-        "--facts",
-        "200000",
-        "--repeat",
-        "2",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let text = stdout(&output);
-    let rows: Vec<Vec<&str>> = text
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|row| {
-            row.first()
-                .is_some_and(|facts| facts.parse::<u64>().is_ok())
-        })
-        .collect();
-    assert_eq!(rows.len(), 4, "{text}");
-    for (row, (facts, metric)) in rows.iter().zip([
-        ("100000", "average"),
-        ("100000", "ratio"),
-        ("200000", "average"),
-        ("200000", "ratio"),
-    ]) {
-        assert_eq!((row[0], row[1]), (facts, metric), "{text}");
-        // scan s, metric s, ratio, ns/fact: all measured, so all positive.
-        for field in &row[row.len() - 4..] {
-            let value: f64 = field.trim_end_matches('x').parse().unwrap();
-            assert!(value > 0.0, "{text}");
+    for ids in ["integer", "string"] {
+        let dir =
+            std::env::temp_dir().join(format!("tally-cli-bench-{ids}-{}", std::process::id()));
+        let output = tally(&[
+            "bench",
+            "--entities",
+            "10000",
+            "--facts",
+            "200000",
+            "--repeat",
+            "2",
+            "--ids",
+            ids,
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|row| {
+                row.first()
+                    .is_some_and(|facts| facts.parse::<u64>().is_ok())
+            })
+            .collect();
+        assert_eq!(rows.len(), 4, "{text}");
+        for (row, (facts, metric)) in rows.iter().zip([
+            ("100000", "average"),
+            ("100000", "ratio"),
+            ("200000", "average"),
+            ("200000", "ratio"),
+        ]) {
+            assert_eq!((row[0], row[1]), (facts, metric), "{text}");
+            // scan s, metric s, ratio, ns/fact: all measured, so all positive.
+            for field in &row[row.len() - 4..] {
+                let value: f64 = field.trim_end_matches('x').parse().unwrap();
+                assert!(value > 0.0, "{text}");
+            }
         }
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "the benchmark left {left:?}");
+        std::fs::remove_dir_all(&dir).ok();
     }
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
-    assert!(left.is_empty(), "the benchmark left {left:?}");
-    std::fs::remove_dir_all(&dir).ok();
 }
