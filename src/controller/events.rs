@@ -1,8 +1,9 @@
 //! Kubernetes Events (`events.k8s.io/v1`) for the controllers' transitions.
 //!
-//! An Event repeated for the same object, type and reason within [`SERIES_WINDOW`]
-//! becomes a series on the first one (its `series.count` goes up) instead of a new
-//! object, as kube-runtime's `Recorder` does. Unlike the `Recorder`, which keeps every
+//! An Event repeated for the same object, type, reason and note within
+//! [`SERIES_WINDOW`] becomes a series on the first one (its `series.count` goes up)
+//! instead of a new object (the API server keeps an Event's note immutable, so a new
+//! note is a new Event), as kube-runtime's `Recorder` does. Unlike the `Recorder`, which keeps every
 //! Event it wrote for six minutes and scans them all on each publish, this remembers
 //! only a name and a count per key, and sweeps expired keys at most once per window:
 //! a burst of thousands of calculations costs kilobytes, not tens of megabytes.
@@ -15,6 +16,7 @@ use std::{
 
 use jiff::Timestamp;
 use k8s_openapi::{
+    api::core::v1::ObjectReference,
     api::events::v1::{Event, EventSeries},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
@@ -73,6 +75,23 @@ fn bounded_note(note: &str) -> String {
     format!("{}…", &note[..end])
 }
 
+/// What makes a repeat part of a series: the same object, type, reason and note (the
+/// note of an Event cannot change once written).
+fn series_key(regarding: &ObjectReference, type_: &str, reason: &str, note: &str) -> u64 {
+    fnv1a(
+        [
+            regarding.uid.as_deref().unwrap_or_default(),
+            regarding.namespace.as_deref().unwrap_or_default(),
+            regarding.name.as_deref().unwrap_or_default(),
+            type_,
+            reason,
+            note,
+        ]
+        .join("\0")
+        .as_bytes(),
+    )
+}
+
 #[derive(Default)]
 struct Memory {
     series: HashMap<u64, Series>,
@@ -122,17 +141,7 @@ impl EventPublisher {
     ) {
         let regarding = &object.object_ref(&());
         let type_ = if warning { "Warning" } else { "Normal" };
-        let key = fnv1a(
-            [
-                regarding.uid.as_deref().unwrap_or_default(),
-                regarding.namespace.as_deref().unwrap_or_default(),
-                regarding.name.as_deref().unwrap_or_default(),
-                type_,
-                reason,
-            ]
-            .join("\0")
-            .as_bytes(),
-        );
+        let key = series_key(regarding, type_, reason, note);
         let now = Instant::now();
         let write = {
             let Ok(mut memory) = self.memory.lock() else {
@@ -176,7 +185,6 @@ impl EventPublisher {
             }
             Write::Repeat { name, count } => {
                 let patch = serde_json::json!({
-                    "note": bounded_note(note),
                     "series": EventSeries { count, last_observed_time: stamp },
                 });
                 let result = events
@@ -213,6 +221,19 @@ impl EventPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeat_with_another_note_starts_a_new_series() {
+        let calc = ObjectReference {
+            uid: Some("u-1".into()),
+            namespace: Some("shop".into()),
+            name: Some("daily".into()),
+            ..ObjectReference::default()
+        };
+        let key = |note| series_key(&calc, "Normal", "RunCreated", note);
+        assert_eq!(key("run 1 fires"), key("run 1 fires"));
+        assert_ne!(key("run 1 fires"), key("run 2 fires"));
+    }
 
     #[test]
     fn a_first_event_is_created_and_a_repeat_within_the_window_counts_on_it() {

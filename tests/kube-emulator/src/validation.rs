@@ -1,6 +1,6 @@
 //! Built-in kinds' validation that tests can trip over: required fields on create and
 //! immutable fields on update (Job template/selector, Pod spec, immutable ConfigMaps
-//! and Secrets). Returns field errors for a 422 Invalid.
+//! and Secrets, and everything of an `events.k8s.io` Event but its series). Returns field errors for a 422 Invalid.
 
 use serde_json::{Value, json};
 
@@ -101,6 +101,23 @@ fn mutable_pod_view(spec: &Value, old_spec: &Value) -> Value {
 pub fn on_update(group: &str, kind: &str, old: &Value, new: &Value) -> FieldErrors {
     let mut errs = Vec::new();
     match (group, kind) {
+        // As the API server's ValidateEventUpdate for events.k8s.io/v1: a repeat may
+        // only count up its series.
+        ("events.k8s.io", "Event") => {
+            for f in [
+                "regarding",
+                "related",
+                "reason",
+                "note",
+                "type",
+                "eventTime",
+                "action",
+                "reportingController",
+                "reportingInstance",
+            ] {
+                immutable(&mut errs, old, new, f);
+            }
+        }
         ("batch", "Job") => {
             for f in [
                 "spec.selector",

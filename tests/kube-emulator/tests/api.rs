@@ -862,6 +862,39 @@ async fn builtin_validation_and_immutable_fields() {
         e.message
     );
 
+    // An events.k8s.io Event may only count up its series.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": "e"},
+        "eventTime": "2026-11-23T00:00:00.000000Z",
+        "action": "Reconcile", "reason": "Started", "note": "first", "type": "Normal",
+        "reportingController": "c", "reportingInstance": "c-1",
+        "regarding": {"kind": "Pod", "name": "p", "namespace": "default"}
+    }))
+    .unwrap();
+    events.create(&PostParams::default(), &event).await.unwrap();
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2026-11-23T00:01:00.000000Z"}});
+    events
+        .patch("e", &PatchParams::default(), &Patch::Merge(series))
+        .await
+        .unwrap();
+    let e = api_error(
+        events
+            .patch(
+                "e",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"note": "second"})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        e.code == 422 && e.message.contains("note: Invalid value"),
+        "{}",
+        e.message
+    );
+
     // Immutable ConfigMaps.
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let mut c = cm("frozen", &[("a", "1")]);
