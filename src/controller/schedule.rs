@@ -238,12 +238,39 @@ pub async fn reconcile(
                 let Some(calculation) = child_calculation(&schedule, &run, definition) else {
                     continue;
                 };
-                tolerate(
-                    calculations
-                        .create(&PostParams::default(), &calculation)
-                        .await,
-                    409,
-                )?;
+                match calculations
+                    .create(&PostParams::default(), &calculation)
+                    .await
+                {
+                    Ok(_) => {}
+                    // Made before a restart and adopted; but a calculation of the same
+                    // name that is not this schedule's is not its run.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        let existing = calculations.get_opt(&run.name).await?;
+                        let ours = |c: &MetricCalculation| {
+                            c.owner_references()
+                                .iter()
+                                .any(|o| Some(&o.uid) == uid.as_ref())
+                        };
+                        match existing {
+                            Some(c) if ours(&c) => {}
+                            Some(_) => {
+                                let note = format!(
+                                    "MetricCalculation {} exists and does not belong to this \
+                                     schedule: delete or rename it so that run {} can be made",
+                                    run.name, run.run
+                                );
+                                ctx.events
+                                    .publish(&*schedule, true, "RunNameTaken", &note)
+                                    .await;
+                                return Err(ControllerError::NameTaken(note));
+                            }
+                            // Gone since: try again.
+                            None => return Err(kube::Error::Api(e).into()),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             ScheduleAction::MarkSuperseded { name, by } => {
                 let patch = json!({ "status": { "supersededBy": by } });

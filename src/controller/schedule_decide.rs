@@ -243,6 +243,20 @@ impl<'a> Decider<'a> {
     /// A new generation: next run times come from the new spec, counted from the last
     /// run made.
     fn replan(&mut self, grid: &RunGrid) {
+        // Runs are named by iteration and run index. When the new grid gives a run
+        // index already made another fire time (new intervals or start), the coming
+        // runs would take names of runs that covered other windows: a new iteration
+        // gives them names of their own.
+        let iteration = self.status.iteration.unwrap_or(0);
+        let moved = self
+            .o
+            .children
+            .iter()
+            .any(|c| c.iteration == iteration && grid.fire_time(c.run) != Some(c.fire_time));
+        if moved {
+            let newest = self.newest().map_or(0, |c| c.iteration);
+            self.status.iteration = Some(iteration.max(newest) + 1);
+        }
         let next = match self.newest() {
             Some(newest) => grid.first_after(newest.fire_time),
             None => Some(0),
@@ -406,17 +420,36 @@ impl<'a> Decider<'a> {
             }
             return;
         };
-        let Some(fire_time) = grid.fire_time(due) else {
-            return;
+        // The latest due run whose data is delivered. With data that lags by more than
+        // an interval, the latest due run is never delivered when it is due; an earlier
+        // one is, and is made rather than waiting forever.
+        let deliveries = &self.o.deliveries;
+        let delivered = |run: u64| {
+            grid.fire_time(run)
+                .is_some_and(|at| first_undelivered(deliveries, at).is_none())
         };
-        if let Some(wait) = first_undelivered(&self.o.deliveries, fire_time) {
+        let mark = deliveries.iter().map(|t| t.delivered_until).min().flatten();
+        let lagging = mark
+            .and_then(|mark| grid.latest_due(mark))
+            .filter(|&run| run >= next_run && run < due);
+        let ready = [Some(due), lagging, Some(next_run)]
+            .into_iter()
+            .flatten()
+            .find(|&run| delivered(run));
+        let Some(due) = ready else {
+            let Some(need) = grid.fire_time(next_run) else {
+                return;
+            };
+            let Some(wait) = first_undelivered(deliveries, need) else {
+                return;
+            };
             let message = wait.message();
             let was_waiting = self
                 .status
                 .status
                 .as_ref()
                 .and_then(|s| s.waiting.as_ref())
-                .is_some_and(|w| w.table == wait.table && w.need_data_until_time.0 == fire_time);
+                .is_some_and(|w| w.table == wait.table && w.need_data_until_time.0 == need);
             self.activity(ScheduleActivity {
                 waiting: Some(WaitingForData {
                     table: wait.table.clone(),
@@ -432,7 +465,10 @@ impl<'a> Decider<'a> {
             // Table edits wake the schedule; the timer covers delivery by assumed lag.
             self.wake_at = Some(self.o.now + jiff::SignedDuration::from_secs(30));
             return;
-        }
+        };
+        let Some(fire_time) = grid.fire_time(due) else {
+            return;
+        };
 
         let iteration = self.status.iteration.unwrap_or(0);
         let name = child_name(&self.o.name, iteration, due);
@@ -601,16 +637,23 @@ pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
     finish(d, None)
 }
 
-/// The status is written last: a child is created before the status that records it,
-/// so a restart in between finds the child and adopts it instead of losing the run.
+/// The status is written after the children: a child is created before the status
+/// that records it, so a restart in between finds the child and adopts it instead of
+/// losing the run. Annotations are removed after the status, which is written only
+/// over the version this decision saw: removing them first would make that write a
+/// conflict. A restart between the two sees the annotation again, and acting on it a
+/// second time changes nothing.
 fn finish(mut d: Decider<'_>, extra: Option<ScheduleAction>) -> ScheduleDecision {
+    let (removals, mut actions): (Vec<_>, Vec<_>) = std::mem::take(&mut d.actions)
+        .into_iter()
+        .partition(|a| matches!(a, ScheduleAction::RemoveAnnotations(_)));
     if d.status != d.o.status {
-        d.actions.extend(extra);
-        d.actions
-            .push(ScheduleAction::SetStatus(Box::new(d.status.clone())));
+        actions.extend(extra);
+        actions.push(ScheduleAction::SetStatus(Box::new(d.status.clone())));
     }
+    actions.extend(removals);
     ScheduleDecision {
-        actions: d.actions,
+        actions,
         wake_at: d.wake_at,
     }
 }
@@ -827,6 +870,36 @@ mod tests {
     }
 
     #[test]
+    fn data_that_lags_by_more_than_an_interval_still_gets_runs() {
+        // Hourly runs over a table delivered until now − 2h (an assumed lag).
+        let mut w = World::with_grid("2026-11-01T03:30:00Z", &[1], None);
+        let lagged = |now: &str| TableDelivery {
+            table: "FactTable/purchases".into(),
+            delivered_until: Some(t(now) - SignedDuration::from_hours(2)),
+        };
+        w.o.deliveries = vec![lagged("2026-11-01T03:30:00Z")];
+        w.settle();
+        // Runs 0 (01:00) and 1 (02:00) were due; 01:00 is delivered, 02:00 not yet.
+        assert_eq!(w.created_names(), ["daily-0-0"]);
+        for (now, made) in [
+            ("2026-11-01T04:30:00Z", "daily-0-1"),
+            ("2026-11-01T05:30:00Z", "daily-0-2"),
+        ] {
+            w.finish_all();
+            w.at(now).o.deliveries = vec![lagged(now)];
+            w.settle();
+            assert_eq!(w.created_names().last(), Some(&made), "at {now}");
+        }
+        // Before any run's data is in, it waits for the first one due.
+        let mut w = World::with_grid("2026-11-01T01:30:00Z", &[1], None);
+        w.o.deliveries = vec![lagged("2026-11-01T01:30:00Z")];
+        w.settle();
+        assert!(w.created.is_empty());
+        let waiting = w.activity().waiting.unwrap();
+        assert_eq!(waiting.need_data_until_time.0, t("2026-11-01T01:00:00Z"));
+    }
+
+    #[test]
     fn at_most_one_child_runs_and_a_late_finish_catches_up_once() {
         let mut w = World::new("2026-11-02T00:00:00Z");
         w.settle();
@@ -945,6 +1018,14 @@ mod tests {
         let decision = w.step();
         assert_eq!(w.o.status.state, Some(ScheduleState::Active));
         assert!(!w.o.cancel_requested && !w.o.resume_requested);
+        // The status is written over the version the decision saw, so before the
+        // annotations are removed.
+        let position =
+            |f: fn(&ScheduleAction) -> bool| decision.actions.iter().position(f).unwrap();
+        assert!(
+            position(|a| matches!(a, ScheduleAction::SetStatus(_)))
+                < position(|a| matches!(a, ScheduleAction::RemoveAnnotations(_)))
+        );
         assert_eq!(decision.wake_at, Some(t("2026-11-06T00:00:00Z")));
         assert_eq!(w.created_names(), ["daily-0-0"]);
         // Resuming again (or an annotation the controller has not seen removed yet).
@@ -1010,6 +1091,43 @@ mod tests {
         w.settle();
         assert_eq!(w.o.status.state, Some(ScheduleState::Active));
         assert_eq!(w.created_names().last(), Some(&"daily-0-8"));
+    }
+
+    #[test]
+    fn new_intervals_give_the_coming_runs_names_of_their_own() {
+        let mut w = World::new("2026-11-02T00:00:00Z");
+        for day in 2..=6 {
+            w.at(&format!("2026-11-{day:02}T00:00:00Z")).settle();
+            w.finish_all();
+        }
+        assert_eq!(w.created.len(), 5);
+        // Every two days from now on: run 2 of the new grid fires on the 7th, a name
+        // (daily-0-2) the run of the 4th already has.
+        w.o.generation = 2;
+        w.o.grid = Ok(RunGrid::new(
+            t("2026-11-01T00:00:00Z"),
+            &[SignedDuration::from_hours(48)],
+            None,
+        )
+        .unwrap());
+        w.at("2026-11-06T01:00:00Z").settle();
+        for day in [7, 9] {
+            w.at(&format!("2026-11-{day:02}T00:00:00Z")).settle();
+            w.finish_all();
+        }
+        let made: Vec<_> = w.created[5..]
+            .iter()
+            .map(|r| (r.name.as_str(), r.fire_time))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("daily-1-2", t("2026-11-07T00:00:00Z")),
+                ("daily-1-3", t("2026-11-09T00:00:00Z")),
+            ]
+        );
+        assert_eq!(w.o.status.latest_calculation.as_deref(), Some("daily-1-3"));
+        assert_eq!(w.o.status.executed_calculations_count, Some(7));
     }
 
     #[test]
