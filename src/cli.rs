@@ -68,7 +68,12 @@ pub fn run_plan(plan: &CalculationPlan) -> Result<MetricCalculationStatus, CliEr
         calculation: plan.calculation.clone(),
         error,
     })?;
-    result::complete(&mut status, plan, result, Timestamp::now());
+    result::complete(
+        &mut status,
+        Some(plan.sql.clone()),
+        result,
+        Timestamp::now(),
+    );
     Ok(status)
 }
 

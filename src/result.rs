@@ -62,13 +62,13 @@ pub fn run(
 /// Records a completed run in `status`.
 pub fn complete(
     status: &mut MetricCalculationStatus,
-    plan: &CalculationPlan,
+    sql: Option<String>,
     result: CalculationResult,
     completed: Timestamp,
 ) {
     status.state = Some(CalculationState::Completed);
     status.times = Some(result.times);
-    status.sql = Some(plan.sql.clone());
+    status.sql = sql;
     status.metric_results = Some(result.metric_results);
     status.analysis = Some(result.analysis);
     status.completion_time = Some(Time(completed));

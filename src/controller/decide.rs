@@ -20,6 +20,9 @@ pub enum JobState {
     Succeeded(Result<CalculationResult, String>),
     /// Failed after its retries; the worker's termination message.
     Failed(String),
+    /// A Job of this name exists but another object owns it: an earlier calculation of
+    /// the same name, deleted while its Job was kept.
+    Foreign,
 }
 
 /// The schedule that made a calculation, from the calculation's metadata.
@@ -51,8 +54,8 @@ pub enum Action {
     SetStatus(Box<MetricCalculationStatus>),
     /// Create the Job for the current generation from this plan.
     CreateJob(Box<CalculationPlan>),
-    /// Delete the Job (background propagation: its Pods get SIGTERM).
-    DeleteJob,
+    /// Delete this Job (background propagation: its Pods get SIGTERM).
+    DeleteJob(String),
     Event {
         warning: bool,
         reason: &'static str,
@@ -111,17 +114,19 @@ fn transition(
     status
 }
 
-/// The status of a calculation whose Job runs the plan.
-fn running(o: &Observed, plan: &CalculationPlan) -> MetricCalculationStatus {
+/// The status of a calculation whose Job runs the plan (when it is known).
+fn running(o: &Observed, plan: Option<&CalculationPlan>) -> MetricCalculationStatus {
     let mut status = transition(
         o,
         CalculationState::Running,
         "JobCreated",
         &format!("Job {} runs the calculation", o.job_name),
     );
-    status.sql = Some(plan.sql.clone());
+    if let Some(plan) = plan {
+        status.sql = Some(plan.sql.clone());
+        status.times = Some(plan.times.to_status());
+    }
     status.sql_job = Some(o.job_name.clone());
-    status.times = Some(plan.times.to_status());
     status
 }
 
@@ -143,6 +148,29 @@ fn warning(reason: &'static str, note: impl Into<String>) -> Action {
 
 fn set(status: MetricCalculationStatus) -> Action {
     Action::SetStatus(Box::new(status))
+}
+
+/// The Job of an earlier generation that may still run: a spec edit or a cancel must
+/// stop it, or two queries of one calculation would run at once.
+fn stale_job(o: &Observed) -> Option<&str> {
+    let state = o.status.state?;
+    let job = o.status.sql_job.as_deref()?;
+    let active = matches!(
+        state,
+        CalculationState::Running | CalculationState::Cancelling
+    );
+    (active && job != o.job_name).then_some(job)
+}
+
+/// The SQL the finished Job ran: the status recorded it when it created the Job, and
+/// the current plan may have changed since (a Metric edited during the run).
+fn sql_of_job(o: &Observed) -> Option<String> {
+    let recorded = o.status.sql_job.as_deref() == Some(o.job_name.as_str());
+    match (&o.status.sql, &o.plan) {
+        (Some(sql), _) if recorded => Some(sql.clone()),
+        (_, Ok(plan)) => Some(plan.sql.clone()),
+        (sql, Err(_)) => sql.clone(),
+    }
 }
 
 /// What to do about a calculation, given what is observed.
@@ -181,11 +209,24 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         return Vec::new();
     }
 
-    if o.cancel_requested {
-        return match (&o.job, state) {
-            (JobState::Running, CalculationState::Cancelling) => Vec::new(),
-            (JobState::Running, _) => vec![
-                Action::DeleteJob,
+    let mut actions = Vec::new();
+    if let Some(stale) = stale_job(o) {
+        actions.push(Action::DeleteJob(stale.to_string()));
+        actions.push(event(
+            "Superseded",
+            format!("deleting Job {stale}: it ran an earlier generation of the spec"),
+        ));
+    }
+
+    // A Job that finished before the cancel was acted on is recorded as it ended: its
+    // result is real, and cancelling a finished run is a no-op. Once Cancelling, the
+    // calculation ends Cancelled even if the annotation is taken away meanwhile.
+    let job_finished = matches!(o.job, JobState::Succeeded(_) | JobState::Failed(_));
+    if (o.cancel_requested || state == CalculationState::Cancelling) && !job_finished {
+        match (&o.job, state) {
+            (JobState::Running, CalculationState::Cancelling) => {}
+            (JobState::Running, _) => actions.extend([
+                Action::DeleteJob(o.job_name.clone()),
                 set(transition(
                     o,
                     CalculationState::Cancelling,
@@ -193,7 +234,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                     "deleting the calculation's Job",
                 )),
                 event("Cancelling", "cancel requested: deleting the Job"),
-            ],
+            ]),
             _ => {
                 let mut status = transition(
                     o,
@@ -202,12 +243,13 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                     "cancelled by the tally.dev/cancel annotation",
                 );
                 status.completion_time = Some(Time(o.now));
-                vec![
+                actions.extend([
                     set(status),
                     event("Cancelled", "the calculation was cancelled"),
-                ]
+                ]);
             }
-        };
+        }
+        return actions;
     }
 
     // A new generation of a finished calculation: a new run that supersedes the old
@@ -223,72 +265,9 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         ..o.clone()
     };
 
-    let plan = match &o.plan {
-        Ok(plan) => plan,
-        Err(error @ PlanError::MissingReference { .. }) => {
-            let status = transition(
-                o,
-                CalculationState::Pending,
-                error.reason(),
-                &error.to_string(),
-            );
-            if status == o.status {
-                return Vec::new();
-            }
-            return vec![set(status), warning("MissingReference", error.to_string())];
-        }
-        Err(error) => {
-            let mut status = transition(
-                o,
-                CalculationState::Failed,
-                error.reason(),
-                &error.to_string(),
-            );
-            status.error = Some(error.to_string());
-            status.completion_time = Some(Time(o.now));
-            return vec![set(status), warning("InvalidSpec", error.to_string())];
-        }
-    };
-
+    // While this generation's Job exists, only the Job decides: a Metric or table
+    // edited, deleted or broken during the run does not abandon it.
     match &o.job {
-        JobState::Missing => {
-            if o.status.sql_job.as_deref() == Some(o.job_name.as_str())
-                && o.status.state == Some(CalculationState::Running)
-            {
-                // The Job was created and is gone without a result: never rerun silently.
-                let message = format!("the Job {} disappeared before it finished", o.job_name);
-                let mut status = transition(o, CalculationState::Failed, "JobLost", &message);
-                status.error = Some(message.clone());
-                status.completion_time = Some(Time(o.now));
-                return vec![set(status), warning("JobLost", message)];
-            }
-            if let Some(wait) = &o.waiting {
-                let message = wait.message();
-                let status = transition(o, CalculationState::Waiting, "DataNotDelivered", &message);
-                if status == o.status {
-                    return Vec::new();
-                }
-                return vec![set(status), event("Waiting", message)];
-            }
-            let mut status = running(o, plan);
-            status.start_time = Some(Time(o.now));
-            status.completion_time = None;
-            vec![
-                Action::CreateJob(Box::new(plan.clone())),
-                set(status),
-                event("Running", format!("created Job {}", o.job_name)),
-            ]
-        }
-        JobState::Running => {
-            if state == CalculationState::Running
-                && o.status.sql_job.as_deref() == Some(o.job_name.as_str())
-            {
-                Vec::new()
-            } else {
-                // The Job exists but status does not say so (a write lost before a restart).
-                vec![set(running(o, plan))]
-            }
-        }
         JobState::Succeeded(Ok(result)) => {
             let mut status = transition(
                 o,
@@ -296,9 +275,10 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 "Completed",
                 "the calculation completed",
             );
-            complete(&mut status, plan, result.clone(), o.now);
+            complete(&mut status, sql_of_job(o), result.clone(), o.now);
             status.error = None;
-            vec![set(status), event("Completed", "the calculation completed")]
+            actions.extend([set(status), event("Completed", "the calculation completed")]);
+            return actions;
         }
         JobState::Succeeded(Err(reason)) | JobState::Failed(reason) => {
             let message = if reason.is_empty() {
@@ -309,9 +289,93 @@ pub fn decide(o: &Observed) -> Vec<Action> {
             let mut status = transition(o, CalculationState::Failed, "WorkerFailed", &message);
             status.error = Some(message.clone());
             status.completion_time = Some(Time(o.now));
-            vec![set(status), warning("Failed", message)]
+            actions.extend([set(status), warning("Failed", message)]);
+            return actions;
         }
+        JobState::Running
+            if state == CalculationState::Running
+                && o.status.sql_job.as_deref() == Some(o.job_name.as_str()) =>
+        {
+            return actions;
+        }
+        JobState::Running => {
+            // The Job exists but status does not say so (a write lost before a restart).
+            let mut status = running(o, o.plan.as_ref().ok());
+            status.start_time.get_or_insert(Time(o.now));
+            actions.push(set(status));
+            return actions;
+        }
+        JobState::Foreign => {
+            let message = format!(
+                "the Job {} belongs to another object (an earlier MetricCalculation of the \
+                 same name?); delete that Job to run this calculation",
+                o.job_name
+            );
+            let status = transition(o, CalculationState::Pending, "JobNameTaken", &message);
+            if status != o.status {
+                actions.extend([set(status), warning("JobNameTaken", message)]);
+            }
+            return actions;
+        }
+        JobState::Missing => {}
     }
+
+    let plan = match &o.plan {
+        Ok(plan) => plan,
+        Err(error @ PlanError::MissingReference { .. }) => {
+            let status = transition(
+                o,
+                CalculationState::Pending,
+                error.reason(),
+                &error.to_string(),
+            );
+            if status != o.status {
+                actions.extend([set(status), warning("MissingReference", error.to_string())]);
+            }
+            return actions;
+        }
+        Err(error) => {
+            let mut status = transition(
+                o,
+                CalculationState::Failed,
+                error.reason(),
+                &error.to_string(),
+            );
+            status.error = Some(error.to_string());
+            status.completion_time = Some(Time(o.now));
+            actions.extend([set(status), warning("InvalidSpec", error.to_string())]);
+            return actions;
+        }
+    };
+
+    if o.status.sql_job.as_deref() == Some(o.job_name.as_str())
+        && o.status.state == Some(CalculationState::Running)
+    {
+        // The Job was created and is gone without a result: never rerun silently.
+        let message = format!("the Job {} disappeared before it finished", o.job_name);
+        let mut status = transition(o, CalculationState::Failed, "JobLost", &message);
+        status.error = Some(message.clone());
+        status.completion_time = Some(Time(o.now));
+        actions.extend([set(status), warning("JobLost", message)]);
+        return actions;
+    }
+    if let Some(wait) = &o.waiting {
+        let message = wait.message();
+        let status = transition(o, CalculationState::Waiting, "DataNotDelivered", &message);
+        if status != o.status {
+            actions.extend([set(status), event("Waiting", message)]);
+        }
+        return actions;
+    }
+    let mut status = running(o, Some(plan));
+    status.start_time = Some(Time(o.now));
+    status.completion_time = None;
+    actions.extend([
+        Action::CreateJob(Box::new(plan.clone())),
+        set(status),
+        event("Running", format!("created Job {}", o.job_name)),
+    ]);
+    actions
 }
 
 #[cfg(test)]
@@ -385,7 +449,7 @@ mod tests {
             _ => None,
         });
         let created = actions.iter().any(|a| matches!(a, Action::CreateJob(_)));
-        let deleted = actions.iter().any(|a| matches!(a, Action::DeleteJob));
+        let deleted = actions.iter().any(|a| matches!(a, Action::DeleteJob(_)));
         (state, created, deleted)
     }
 
@@ -540,6 +604,67 @@ mod tests {
                 expect: (Some(Completed), false, false),
             },
             Case {
+                name: "cancel after the Job succeeded → Completed, the result kept",
+                observed: with(
+                    observed(Some(Running), Some(1), JobState::Succeeded(Ok(result()))),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (Some(Completed), false, false),
+            },
+            Case {
+                name: "cancel after the Job failed → Failed, the reason kept",
+                observed: with(
+                    observed(Some(Running), Some(1), JobState::Failed("boom".into())),
+                    &|o| o.cancel_requested = true,
+                ),
+                expect: (Some(Failed), false, false),
+            },
+            Case {
+                name: "cancelling, annotation removed, Job gone → Cancelled, not rerun",
+                observed: observed(Some(Cancelling), Some(1), JobState::Missing),
+                expect: (Some(Cancelled), false, false),
+            },
+            Case {
+                name: "cancelling, annotation removed, Job still there → wait",
+                observed: observed(Some(Cancelling), Some(1), JobState::Running),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "reference deleted during the run, Job running → nothing",
+                observed: with(observed(Some(Running), Some(1), JobState::Running), &|o| {
+                    o.plan = Err(missing.clone())
+                }),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "reference deleted during the run, Job succeeded → Completed",
+                observed: with(
+                    observed(Some(Running), Some(1), JobState::Succeeded(Ok(result()))),
+                    &|o| o.plan = Err(missing.clone()),
+                ),
+                expect: (Some(Completed), false, false),
+            },
+            Case {
+                name: "spec made invalid during the run, Job running → nothing",
+                observed: with(observed(Some(Running), Some(1), JobState::Running), &|o| {
+                    o.plan = Err(invalid.clone())
+                }),
+                expect: (None, false, false),
+            },
+            Case {
+                name: "spec edited during the run → the old Job deleted, a new one made",
+                observed: with(observed(Some(Running), Some(1), JobState::Missing), &|o| {
+                    o.generation = 2;
+                    o.job_name = "calc-2".into();
+                }),
+                expect: (Some(Running), true, true),
+            },
+            Case {
+                name: "a Job of an earlier object holds the name → Pending, no Job",
+                observed: observed(None, None, JobState::Foreign),
+                expect: (Some(Pending), false, false),
+            },
+            Case {
                 name: "cancelled stays cancelled",
                 observed: with(
                     observed(Some(Cancelled), Some(1), JobState::Missing),
@@ -605,6 +730,55 @@ mod tests {
         };
         o.status = *status;
         assert!(decide(&o).is_empty());
+    }
+
+    fn status_of(actions: &[Action]) -> &MetricCalculationStatus {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::SetStatus(s) => Some(&**s),
+                _ => None,
+            })
+            .expect("a status")
+    }
+
+    #[test]
+    fn a_result_records_the_sql_its_job_ran_not_a_later_plan() {
+        let mut o = observed(Some(Running), Some(1), JobState::Succeeded(Ok(result())));
+        o.status.sql = Some("SELECT 'what the Job ran'".into());
+        let mut edited = plan();
+        edited.sql = "SELECT 'after a Metric edit'".into();
+        o.plan = Ok(edited);
+        let actions = decide(&o);
+        assert_eq!(
+            status_of(&actions).sql.as_deref(),
+            Some("SELECT 'what the Job ran'")
+        );
+    }
+
+    #[test]
+    fn a_spec_edit_during_a_run_deletes_the_job_of_the_old_generation() {
+        let mut o = observed(Some(Running), Some(1), JobState::Missing);
+        o.generation = 2;
+        o.job_name = "calc-2".into();
+        let actions = decide(&o);
+        assert!(actions.contains(&Action::DeleteJob("calc-1".into())));
+        assert_eq!(status_of(&actions).sql_job.as_deref(), Some("calc-2"));
+        // Cancelling both at once stops both Jobs.
+        o.cancel_requested = true;
+        o.job = JobState::Running;
+        let actions = decide(&o);
+        assert!(actions.contains(&Action::DeleteJob("calc-1".into())));
+        assert!(actions.contains(&Action::DeleteJob("calc-2".into())));
+    }
+
+    #[test]
+    fn a_status_restored_from_a_running_job_has_a_start_time() {
+        let actions = decide(&observed(None, None, JobState::Running));
+        let status = status_of(&actions);
+        assert_eq!(status.state, Some(Running));
+        assert!(status.start_time.is_some());
+        assert_eq!(status.sql_job.as_deref(), Some("calc-1"));
     }
 
     #[test]

@@ -43,9 +43,9 @@ use events::EventPublisher;
 pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
 
 use crate::api::{
-    CANCEL_ANNOTATION, DimensionTable, ExposureTable, FactTable, JobSettings, Metric,
-    MetricCalculation, SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL, SUPERSEEDS_ANNOTATION,
-    ScheduledMetricCalculation, Warehouse,
+    CANCEL_ANNOTATION, CalculationState, DimensionTable, ExposureTable, FactTable, JobSettings,
+    Metric, MetricCalculation, SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL,
+    SUPERSEEDS_ANNOTATION, ScheduledMetricCalculation, Warehouse,
 };
 use crate::plan::{self, Catalog};
 use crate::result::CalculationResult;
@@ -57,6 +57,9 @@ pub enum ControllerError {
     Kube(#[from] kube::Error),
     #[error("the object has no namespace")]
     NoNamespace,
+    /// An object the controller must create exists and belongs to another owner.
+    #[error("{0}")]
+    NameTaken(String),
 }
 
 pub struct Context {
@@ -162,13 +165,25 @@ impl References {
     }
 }
 
-async fn job_state(client: &Client, namespace: &str, name: &str) -> Result<JobState, kube::Error> {
+/// The state of the Job `name` that the calculation with `owner` uid created.
+async fn job_state(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: Option<&str>,
+) -> Result<JobState, kube::Error> {
     let Some(job) = Api::<Job>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await?
     else {
         return Ok(JobState::Missing);
     };
+    // A Job of an earlier object of the same name must not be read as this one's run.
+    if let Some(owner) = owner
+        && !job.owner_references().iter().any(|r| r.uid == owner)
+    {
+        return Ok(JobState::Foreign);
+    }
     let conditions = job
         .status
         .as_ref()
@@ -287,7 +302,8 @@ async fn reconcile(
     });
     let plan = resolved.map(|r| plan::compile(&r));
     let job_name = job_name(&name, generation);
-    let job = job_state(&ctx.client, &namespace, &job_name).await?;
+    let uid = calculation.uid();
+    let job = job_state(&ctx.client, &namespace, &job_name, uid.as_deref()).await?;
     let observed = Observed {
         generation,
         status: calculation.status.clone().unwrap_or_default(),
@@ -305,7 +321,7 @@ async fn reconcile(
     let actions = decide(&observed);
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut waiting = false;
+    let mut retry_later = false;
     for action in actions {
         match action {
             Action::CreateJob(plan) => {
@@ -319,7 +335,7 @@ async fn reconcile(
                     Err(e) => return Err(e.into()),
                 }
             }
-            Action::DeleteJob => {
+            Action::DeleteJob(job_name) => {
                 let params = DeleteParams {
                     propagation_policy: Some(PropagationPolicy::Background),
                     ..DeleteParams::default()
@@ -331,13 +347,17 @@ async fn reconcile(
                 }
             }
             Action::SetStatus(status) => {
-                waiting = status.state == Some(crate::api::CalculationState::Waiting);
+                retry_later = matches!(
+                    status.state,
+                    Some(CalculationState::Waiting | CalculationState::Pending)
+                );
+                // Only over the status this decision saw: a reconcile of a stale copy
+                // gets a conflict and runs again on the fresh one.
+                let mut patch = status_patch(calculation.status.as_ref(), &*status);
+                patch["metadata"] =
+                    serde_json::json!({ "resourceVersion": calculation.resource_version() });
                 calculations
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(status_patch(calculation.status.as_ref(), &status)),
-                    )
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
             }
             Action::Event {
@@ -351,8 +371,12 @@ async fn reconcile(
             }
         }
     }
-    // Watches bring Job and reference changes; time-based data readiness needs a timer.
-    Ok(if waiting || observed.waiting.is_some() {
+    // Watches bring Job and reference changes; time-based data readiness needs a timer,
+    // and so does a reference that the caches may learn of after the change that
+    // triggered this reconcile.
+    let pending = observed.status.state == Some(CalculationState::Pending)
+        || matches!(observed.plan, Err(plan::PlanError::MissingReference { .. }));
+    Ok(if retry_later || pending || observed.waiting.is_some() {
         Requeue::requeue(Duration::from_secs(30))
     } else {
         Requeue::await_change()
