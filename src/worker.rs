@@ -11,6 +11,7 @@ use std::{
 };
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::ConfigMap};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ObjectMeta, Patch, PatchParams},
@@ -55,18 +56,30 @@ pub fn result_config_map_name(job_name: &str) -> String {
     format!("{job_name}-result")
 }
 
-/// The result ConfigMap of a Job: owned by it, so it goes when the Job goes.
+/// The result ConfigMap of a Job: owned by the Job and by the Job's own owner (the
+/// MetricCalculation), so it outlives a Job that its TTL deletes before the
+/// controller has read the result, and goes when both are gone.
 pub fn result_config_map(job: &Job, result: &CalculationResult) -> Result<ConfigMap, WorkerError> {
     let owner = job
         .controller_owner_ref(&())
         .ok_or_else(|| WorkerError::JobWithoutUid(job.name_any()))?;
+    let calculation = job
+        .owner_references()
+        .iter()
+        .filter(|o| o.controller == Some(true))
+        .map(|o| OwnerReference {
+            controller: None,
+            block_owner_deletion: None,
+            ..o.clone()
+        });
+    let owners = std::iter::once(owner).chain(calculation).collect();
     let json = serde_json::to_string(result).map_err(WorkerError::Encode)?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(result_config_map_name(&job.name_any())),
             namespace: job.namespace(),
             labels: job.metadata.labels.clone(),
-            owner_references: Some(vec![owner]),
+            owner_references: Some(owners),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(RESULT_KEY.to_string(), json)])),
@@ -155,12 +168,20 @@ mod tests {
     use crate::plan::PlanTimes;
 
     #[test]
-    fn the_result_config_map_is_owned_by_the_job() {
+    fn the_result_config_map_is_owned_by_the_job_and_its_calculation() {
         let job = Job {
             metadata: ObjectMeta {
                 name: Some("calc-1".into()),
                 namespace: Some("ns".into()),
                 uid: Some("uid-1".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "tally.dev/v1alpha1".into(),
+                    kind: "MetricCalculation".into(),
+                    name: "calc".into(),
+                    uid: "calc-uid".into(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]),
                 labels: Some(BTreeMap::from([(
                     "tally.dev/calculation".into(),
                     "calc".into(),
@@ -184,12 +205,20 @@ mod tests {
         let cm = result_config_map(&job, &result).unwrap();
         assert_eq!(cm.metadata.name.as_deref(), Some("calc-1-result"));
         assert_eq!(cm.metadata.namespace.as_deref(), Some("ns"));
-        let owner = &cm.metadata.owner_references.unwrap()[0];
+        let owners = cm.metadata.owner_references.unwrap();
+        let summary: Vec<_> = owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller))
+            .collect();
+        // One controller (the Job); the calculation keeps it after the Job's TTL.
         assert_eq!(
-            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
-            ("Job", "calc-1", "uid-1")
+            summary,
+            [
+                ("Job", "uid-1", Some(true)),
+                ("MetricCalculation", "calc-uid", None)
+            ]
         );
-        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owners[1].block_owner_deletion, None);
         let back: CalculationResult = serde_json::from_str(&cm.data.unwrap()[RESULT_KEY]).unwrap();
         assert_eq!(back, result);
 

@@ -165,17 +165,54 @@ impl References {
     }
 }
 
-/// The state of the Job `name` that the calculation with `owner` uid created.
+/// The worker's result in the ConfigMap of the Job `job`, if that ConfigMap exists
+/// and belongs to the calculation with `owner` uid (or to its Job).
+async fn job_result(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    owner: Option<&str>,
+) -> Result<Option<Result<CalculationResult, String>>, kube::Error> {
+    let Some(config_map) = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&result_config_map_name(job))
+        .await?
+    else {
+        return Ok(None);
+    };
+    if let Some(owner) = owner
+        && !config_map.owner_references().iter().any(|r| r.uid == owner)
+    {
+        return Ok(None);
+    }
+    Ok(Some(
+        match config_map.data.and_then(|mut d| d.remove(RESULT_KEY)) {
+            Some(json) => serde_json::from_str::<CalculationResult>(&json)
+                .map_err(|e| format!("the worker's result could not be read: {e}")),
+            None => Err(format!(
+                "the result ConfigMap of the Job {job} holds no result"
+            )),
+        },
+    ))
+}
+
+/// The state of the Job `name` that the calculation with `owner` uid created;
+/// `created` says whether the calculation's status records creating it.
 async fn job_state(
     client: &Client,
     namespace: &str,
     name: &str,
     owner: Option<&str>,
+    created: bool,
 ) -> Result<JobState, kube::Error> {
     let Some(job) = Api::<Job>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await?
     else {
+        // A Job deleted (by its TTL) before its outcome was read leaves the result,
+        // which the calculation owns too.
+        if created && let Some(result) = job_result(client, namespace, name, owner).await? {
+            return Ok(JobState::Succeeded(result));
+        }
         return Ok(JobState::Missing);
     };
     // A Job of an earlier object of the same name must not be read as this one's run.
@@ -195,19 +232,13 @@ async fn job_state(
             .any(|c| c.type_ == type_ && c.status == "True")
     };
     if is("Complete") {
-        let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-            .get_opt(&result_config_map_name(name))
-            .await?;
-        let result = match config_map
-            .and_then(|c| c.data)
-            .and_then(|mut d| d.remove(RESULT_KEY))
-        {
-            Some(json) => serde_json::from_str::<CalculationResult>(&json)
-                .map_err(|e| format!("the worker's result could not be read: {e}")),
-            None => Err(format!(
-                "the Job {name} completed without writing its result ConfigMap"
-            )),
-        };
+        let result = job_result(client, namespace, name, None)
+            .await?
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "the Job {name} completed without writing its result ConfigMap"
+                ))
+            });
         return Ok(JobState::Succeeded(result));
     }
     if is("Failed") {
@@ -303,10 +334,12 @@ async fn reconcile(
     let plan = resolved.map(|r| plan::compile(&r));
     let job_name = job_name(&name, generation);
     let uid = calculation.uid();
-    let job = job_state(&ctx.client, &namespace, &job_name, uid.as_deref()).await?;
+    let status = calculation.status.clone().unwrap_or_default();
+    let created = status.sql_job.as_deref() == Some(job_name.as_str());
+    let job = job_state(&ctx.client, &namespace, &job_name, uid.as_deref(), created).await?;
     let observed = Observed {
         generation,
-        status: calculation.status.clone().unwrap_or_default(),
+        status,
         cancel_requested: calculation
             .annotations()
             .get(CANCEL_ANNOTATION)

@@ -216,6 +216,41 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
 }
 
 #[tokio::test]
+async fn a_result_outlives_a_job_deleted_before_the_controller_read_it() {
+    let cluster = example_cluster("result-outlives-job").await;
+    // Finished Jobs are deleted at once.
+    cluster
+        .tally_api("Warehouse")
+        .patch(
+            "local-duckdb",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"job": {"ttlSecondsAfterFinished": 0}}})),
+        )
+        .await
+        .unwrap();
+    let controller = cluster.start_controller();
+    wait_for_state(&cluster, "checkout-revenue", "Running", 60).await;
+    // The controller is away while the Job finishes and its TTL deletes it.
+    drop(controller);
+    let jobs: Api<Job> = cluster.api();
+    let deadline = Instant::now() + patience(60);
+    while jobs.get_opt("checkout-revenue-1").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the Job was never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status(&cluster, "checkout-revenue").await["state"],
+        "Running"
+    );
+    let _controller = cluster.start_controller();
+    let completed = wait_for_state(&cluster, "checkout-revenue", "Completed", 60).await;
+    let printed = printed_status("checkout-revenue");
+    for field in ["metricResults", "analysis"] {
+        assert_close(field, &printed[field], &completed[field]);
+    }
+}
+
+#[tokio::test]
 async fn cancel_during_running_stops_the_worker() {
     let cluster = example_cluster("cancel-running").await;
     // An exposure table whose query runs for a very long time.
