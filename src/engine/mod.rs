@@ -21,6 +21,8 @@ pub enum EngineError {
         setting: &'static str,
         message: String,
     },
+    #[error("refused to run the SQL: it {0}")]
+    Refused(&'static str),
     #[error("the warehouse query failed: {0}")]
     Query(String),
     #[error("the warehouse query was cancelled")]

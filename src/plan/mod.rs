@@ -18,6 +18,7 @@ use crate::api::{CalculationTimes, DuckDbSettings, Engine};
 use crate::stats::MeasureShape;
 
 pub use catalog::Catalog;
+pub use fragment::check_statement;
 pub use resolve::{ResolvedCalculation, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};
 

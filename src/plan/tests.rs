@@ -145,6 +145,41 @@ fn sql_fragments_cannot_escape_their_parentheses() {
     );
     assert_eq!(field, "spec.source.sql");
 
+    // Dollar-quoted strings, which DuckDB reads as text where a naive scan sees code.
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"'(' = $$($$) OR (amount < 0 OR '' = $$)$$\"}",
+    );
+    let (resource, field, message) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("Metric/revenue", "spec.average.measurement.filter")
+    );
+    assert!(message.contains("dollar-quoted"), "{message}");
+    let exposures = EXPOSURES.replace(
+        "files: /data/exposures.csv",
+        "sql: \"SELECT 1 AS user_id, current_date AS ts, 3 AS variant, $$'$$ AS q)) SELECT 1; COPY (SELECT 42 AS pwned) TO '/tmp/pwned.csv'; WITH exposure_rows AS (SELECT * FROM (SELECT $$'$$ AS q\"",
+    );
+    let (resource, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("ExposureTable/exposures", "spec.source.sql")
+    );
+    // Escape strings, where a backslash escapes a quote.
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"name = E'\\\\'' ) OR (1 = 1 OR '\"}",
+    );
+    let (_, field, message) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.average.measurement.filter");
+    assert!(message.contains("backslash"), "{message}");
+
     let metric = REVENUE.replace(
         "aggregation: Sum}",
         "aggregation: Sum, filter: \"items >= 3\"}",
