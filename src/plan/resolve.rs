@@ -20,6 +20,8 @@ pub struct ResolvedCalculation {
     pub measures: Vec<Measure>,
     pub window_offset: SignedDuration,
     pub window_length: Option<SignedDuration>,
+    /// `window_offset + window_length`, for a closed window.
+    pub window_end: Option<SignedDuration>,
     pub pre_exposure_window: Option<SignedDuration>,
     pub dimensions: Vec<Dimension>,
     pub exposure_groups: Vec<String>,
@@ -89,6 +91,28 @@ pub enum DimensionFrom {
         column: String,
         timestamp: Option<String>,
     },
+}
+
+/// The longest duration a window may have: far beyond any experiment, and short
+/// enough that a time plus windows stays inside every engine's timestamp range.
+pub const MAX_WINDOW: SignedDuration = SignedDuration::from_hours(36_500 * 24);
+
+fn bounded(
+    resource: &str,
+    field: &str,
+    duration: SignedDuration,
+) -> Result<SignedDuration, PlanError> {
+    if duration.is_negative() || duration > MAX_WINDOW {
+        return Err(PlanError::invalid(
+            resource,
+            field,
+            format!(
+                "{}s is out of range (at most 36500d, about 100 years)",
+                duration.as_secs()
+            ),
+        ));
+    }
+    Ok(duration)
 }
 
 fn column(resource: &str, field: String, value: &str) -> Result<String, PlanError> {
@@ -366,14 +390,34 @@ pub fn resolve(
     let window_offset = window
         .offset
         .as_ref()
-        .map(|d| d.as_signed())
+        .map(|d| bounded(&metric_name, "spec.window.offset", d.as_signed()))
+        .transpose()?
         .unwrap_or(SignedDuration::ZERO);
-    let window_length = window.length.as_ref().map(|d| d.as_signed());
+    let window_length = window
+        .length
+        .as_ref()
+        .map(|d| bounded(&metric_name, "spec.window.length", d.as_signed()))
+        .transpose()?;
+    // Both are bounded, so their sum is far from overflowing; checked all the same.
+    let window_end = window_length
+        .map(|length| {
+            window_offset.checked_add(length).ok_or_else(|| {
+                PlanError::invalid(&metric_name, "spec.window", "offset + length is too large")
+            })
+        })
+        .transpose()?;
     let pre_exposure_window = metric
         .spec
         .variance_reduction
         .as_ref()
-        .map(|v| v.pre_exposure_window.as_signed());
+        .map(|v| {
+            bounded(
+                &metric_name,
+                "spec.varianceReduction.preExposureWindow",
+                v.pre_exposure_window.as_signed(),
+            )
+        })
+        .transpose()?;
 
     let start = spec.start_time.0;
     let end = spec.end_time.0;
@@ -513,6 +557,7 @@ pub fn resolve(
         measures,
         window_offset,
         window_length,
+        window_end,
         pre_exposure_window,
         dimensions,
         exposure_groups: template.exposure_groups.clone(),

@@ -52,11 +52,13 @@ fn timestamp(t: Timestamp) -> String {
 }
 
 fn interval(d: SignedDuration) -> String {
-    format!("to_microseconds({})", micros(d))
+    format!("to_microseconds({})", micros(d.as_micros()))
 }
 
-fn micros(d: SignedDuration) -> String {
-    format!("{}::BIGINT", d.as_micros())
+/// Microseconds as a BIGINT; durations are bounded in resolution (`MAX_WINDOW`), so
+/// they fit.
+fn micros(us: i128) -> String {
+    format!("{us}::BIGINT")
 }
 
 fn float(value: f64) -> String {
@@ -209,12 +211,12 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         let groups: Vec<String> = c.exposure_groups.iter().map(|g| quote_literal(g)).collect();
         let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
     }
-    if let Some(length) = c.window_length {
+    if let Some(end) = c.window_end {
         // A closed window counts only once it is complete.
         let _ = write!(
             kept,
             " AND first_exposure + {} <= {}",
-            interval(c.window_offset + length),
+            interval(end),
             timestamp(t.fact_end)
         );
     }
@@ -233,13 +235,13 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     // 3. Facts per read, aggregated per entity over the pre and post windows, in
     // microseconds since the first exposure.
     let post_end = c
-        .window_length
-        .map(|length| format!(" AND since < {}", micros(c.window_offset + length)))
+        .window_end
+        .map(|end| format!(" AND since < {}", micros(end.as_micros())))
         .unwrap_or_default();
-    let post_window = format!("since >= {}{post_end}", micros(c.window_offset));
+    let post_window = format!("since >= {}{post_end}", micros(c.window_offset.as_micros()));
     let pre_window = c
         .pre_exposure_window
-        .map(|pre| format!("since >= {} AND since < 0", micros(-pre)));
+        .map(|pre| format!("since >= {} AND since < 0", micros(-pre.as_micros())));
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
         let mut joined_values = String::new();

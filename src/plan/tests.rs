@@ -305,3 +305,36 @@ spec:
         1
     );
 }
+
+#[test]
+fn durations_beyond_any_timestamp_range_are_refused_by_field() {
+    for (window, field) in [
+        ("{offset: 9223372036854775807s}", "spec.window.offset"),
+        ("{length: 10000000000000s}", "spec.window.length"),
+        ("{offset: 36500d, length: 36501d}", "spec.window.length"),
+    ] {
+        let metric = format!("{REVENUE}  window: {window}\n");
+        let (resource, actual, message) = invalid_field(
+            resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+        );
+        assert_eq!(
+            (resource.as_str(), actual.as_str()),
+            ("Metric/revenue", field)
+        );
+        assert!(message.contains("out of range"), "{message}");
+    }
+    let metric = format!("{REVENUE}  varianceReduction: {{preExposureWindow: 9999999999999s}}\n");
+    let (_, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.varianceReduction.preExposureWindow");
+
+    // The longest accepted windows still compile to BIGINT microseconds.
+    let metric = format!("{REVENUE}  window: {{offset: 36500d, length: 36500d}}\n");
+    let plan = compile(&resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap());
+    assert!(
+        plan.sql.contains("since < 6307200000000000::BIGINT"),
+        "{}",
+        plan.sql
+    );
+}
