@@ -355,7 +355,18 @@ pub fn resolve(
                 ));
             }
         };
+        // YAML can say .inf and .nan; neither is a number SQL can hold.
+        let finite = |name: &str, value: Option<f64>| match value {
+            Some(v) if !v.is_finite() => Err(PlanError::invalid(
+                &metric_name,
+                format!("{field}.{name}"),
+                "must be a finite number",
+            )),
+            _ => Ok(()),
+        };
         if let Some(cap) = &side.cap {
+            finite("cap.min", cap.min)?;
+            finite("cap.max", cap.max)?;
             if cap.min.is_none() && cap.max.is_none() {
                 return Err(PlanError::invalid(
                     &metric_name,
@@ -373,6 +384,7 @@ pub fn resolve(
                 ));
             }
         }
+        finite("threshold.value", side.threshold.as_ref().map(|t| t.value))?;
         measures.push(Measure {
             read: read_index,
             column: measure_column,

@@ -338,3 +338,22 @@ fn durations_beyond_any_timestamp_range_are_refused_by_field() {
         plan.sql
     );
 }
+
+#[test]
+fn caps_and_thresholds_must_be_finite() {
+    for (extra, field) in [
+        ("cap: {max: .nan}", "spec.average.measurement.cap.max"),
+        ("cap: {min: -.inf}", "spec.average.measurement.cap.min"),
+        (
+            "threshold: {operator: GreaterThan, value: .inf}",
+            "spec.average.measurement.threshold.value",
+        ),
+    ] {
+        let metric = REVENUE.replace("aggregation: Sum}", &format!("aggregation: Sum, {extra}}}"));
+        let error = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("Metric/revenue: {field}: must be a finite number")
+        );
+    }
+}
