@@ -250,9 +250,11 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             if measure.read != r {
                 continue;
             }
+            // Counts read the column as it is (any type: they only ask whether it is
+            // null); the other aggregations are arithmetic on numbers.
             let value = match (&measure.column, measure.aggregation) {
                 (None, _) => "1".to_string(),
-                (Some(col), Aggregation::CountDistinct) => quote_ident(col),
+                (Some(col), Aggregation::Count | Aggregation::CountDistinct) => quote_ident(col),
                 (Some(col), _) => format!("CAST({} AS DOUBLE)", quote_ident(col)),
             };
             let _ = write!(values, ", {value} AS v{m}");
