@@ -116,3 +116,90 @@ fn count_and_count_distinct_read_a_text_column_as_it_is() {
         assert_eq!(overall(&status, "treatment"), (3, 1.0, 0), "{aggregation}");
     }
 }
+
+const SUM_OF_AMOUNT: &str =
+    "  average:\n    measurement: {factTable: facts, measurement: amount, aggregation: Sum}";
+
+/// `rows` copies of a fact of user 99, who was never exposed: filler that pushes what
+/// follows past the rows a sampling CSV reader looks at.
+fn filler(rows: usize, ts: &str) -> String {
+    format!("99,{ts},1\n").repeat(rows)
+}
+
+#[test]
+fn columns_are_typed_from_the_whole_file() {
+    let facts = format!(
+        "user_id,ts,amount\n{}\
+         1,2026-10-03T00:00:00Z,0.4\n\
+         2,2026-10-03T00:00:00Z,1.4\n\
+         3,2026-10-03T00:00:00Z,2.6\n\
+         4,2026-10-03T00:00:00Z,3.25\n",
+        filler(30_000, "2026-10-02T00:00:00Z")
+    );
+    let status = status(&experiment("sniff", &facts, SUM_OF_AMOUNT));
+    let (count, sum, _) = overall(&status, "control");
+    assert_eq!(count, 3);
+    assert!((sum - 4.4).abs() < 1e-9, "decimals kept: {sum}");
+    let (_, sum, _) = overall(&status, "treatment");
+    assert!((sum - 3.25).abs() < 1e-9, "decimals kept: {sum}");
+}
+
+#[test]
+fn a_utc_offset_on_any_row_counts_and_times_without_one_are_utc() {
+    // Exposure is at 10:00 UTC. 11:00+02:00 is 09:00 UTC, before it: not counted.
+    // 09:30-01:00 is 10:30 UTC: counted. Zone-less 10:15 is UTC: counted.
+    let rows = "1,2026-10-01T11:00:00+02:00,100\n\
+                2,2026-10-01T09:30:00-01:00,20\n\
+                3,2026-10-01 10:15:00,3\n\
+                3,2026-10-01 09:59:59,1000\n";
+    for (name, leading) in [
+        ("offsets-first", String::new()),
+        // The offsets come after 30000 zone-less rows, where a sample would not see them.
+        ("offsets-late", filler(30_000, "2026-10-02 00:00:00")),
+    ] {
+        let facts = format!("user_id,ts,amount\n{leading}{rows}");
+        let status = status(&experiment(name, &facts, SUM_OF_AMOUNT));
+        assert_eq!(overall(&status, "control"), (3, 23.0, 0), "{name}");
+    }
+
+    // Exposure times with offsets: 12:00+02:00 is 10:00 UTC, so user 1's fact at 10:30
+    // UTC counts and user 4's exposure (12:00 UTC) comes after its fact at 11:00 UTC.
+    let dir = experiment(
+        "exposure-offsets",
+        "user_id,ts,amount\n1,2026-10-01T10:30:00Z,5\n4,2026-10-01T11:00:00Z,7\n",
+        SUM_OF_AMOUNT,
+    );
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n\
+         1,2026-10-01T12:00:00+02:00,control\n\
+         4,2026-10-01 12:00:00,treatment\n",
+    )
+    .unwrap();
+    let status = status(&dir);
+    assert_eq!(overall(&status, "control"), (1, 5.0, 0));
+    assert_eq!(overall(&status, "treatment"), (1, 0.0, 0));
+}
+
+#[test]
+fn text_times_in_parquet_honour_their_offsets() {
+    let dir = experiment("parquet-text-times", "", SUM_OF_AMOUNT);
+    let db = duckdb::Connection::open_in_memory().unwrap();
+    db.execute_batch(&format!(
+        "COPY (SELECT * FROM (VALUES
+            (1, '2026-10-01T11:00:00+02:00', 100.0),
+            (2, '2026-10-01T09:30:00-01:00', 20.0),
+            (3, '2026-10-01 10:15:00', 3.0)) t(user_id, ts, amount))
+         TO '{}' (FORMAT parquet)",
+        dir.join("facts.parquet").display()
+    ))
+    .unwrap();
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        manifests.replace("{files: facts.csv}", "{files: facts.parquet}"),
+    )
+    .unwrap();
+    let status = status(&dir);
+    assert_eq!(overall(&status, "control"), (3, 23.0, 0));
+}

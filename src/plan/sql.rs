@@ -66,7 +66,9 @@ fn float(value: f64) -> String {
     format!("CAST({value:?} AS DOUBLE)")
 }
 
-fn source_sql(source: &Source) -> String {
+/// The SQL that reads a source. `timestamp` names the column the read takes times
+/// from, if any.
+fn source_sql(source: &Source, timestamp: Option<&str>) -> String {
     match source {
         Source::Table(name) => qualified(name),
         Source::Sql(sql) => format!("({sql})"),
@@ -75,14 +77,31 @@ fn source_sql(source: &Source) -> String {
             if lower.ends_with(".parquet") {
                 format!("read_parquet({})", quote_literal(glob))
             } else {
-                format!("read_csv({}, header = true)", quote_literal(glob))
+                // Types come from the whole file, not a sample of its first rows: a
+                // column whose first 20k values are integers may hold decimals later.
+                // The time column is read as an instant, so a UTC offset on any row
+                // counts (a zone-less TIMESTAMP column would drop it silently).
+                let types = timestamp
+                    .map(|column| format!(", types = {{{}: 'TIMESTAMPTZ'}}", quote_literal(column)))
+                    .unwrap_or_default();
+                format!(
+                    "read_csv({}, header = true, sample_size = -1{types})",
+                    quote_literal(glob)
+                )
             }
         }
     }
 }
 
-fn ts(column: &str) -> String {
-    format!("CAST({} AS TIMESTAMP)", quote_ident(column))
+/// A time column as a UTC TIMESTAMP. Text is read as an instant (`TIMESTAMPTZ`), so a
+/// UTC offset in it counts, and text without one is UTC; the build's DuckDB has no
+/// ICU extension, so its TIMESTAMPTZ arithmetic is in UTC. `typeof` is resolved when
+/// the statement is bound, so a TIMESTAMP column (Parquet, tables) keeps a plain,
+/// free cast that DuckDB can still push into the scan as a filter.
+fn ts(expression: &str) -> String {
+    format!(
+        "CASE WHEN typeof({expression}) = 'VARCHAR' THEN CAST(CAST({expression} AS TIMESTAMPTZ) AS TIMESTAMP) ELSE CAST({expression} AS TIMESTAMP) END"
+    )
 }
 
 /// The per-entity aggregate over one window, NULL when the window holds no value (the
@@ -192,9 +211,9 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         sql,
         "exposure_rows AS (\n  SELECT {entity} AS entity, {ts} AS ts, CAST({variant} AS VARCHAR) AS variant{dims_select}\n  FROM {source} AS exposure_source\n  WHERE {entity} IS NOT NULL AND {variant} IS NOT NULL\n    AND {ts} >= {start} AND {ts} < {end}\n),\n",
         entity = quote_ident(&e.entity),
-        ts = ts(&e.timestamp),
+        ts = ts(&quote_ident(&e.timestamp)),
         variant = quote_ident(&e.variant),
-        source = source_sql(&e.source),
+        source = source_sql(&e.source, Some(&e.timestamp)),
         start = timestamp(t.exposure_start),
         end = timestamp(t.exposure_end),
     );
@@ -287,8 +306,8 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             sql,
             "facts_{r} AS (\n  SELECT {entity} AS entity, {ts} AS ts{values}\n  FROM {source} AS fact_source\n  WHERE {filter}{ts} >= {start} AND {ts} < {end}\n),\n",
             entity = quote_ident(&read.entity),
-            ts = ts(&read.timestamp),
-            source = source_sql(&read.source),
+            ts = ts(&quote_ident(&read.timestamp)),
+            source = source_sql(&read.source, Some(&read.timestamp)),
             start = timestamp(t.fact_start),
             end = timestamp(t.fact_end),
         );
@@ -310,16 +329,16 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             let value = format!("CAST(d.{} AS VARCHAR)", quote_ident(column));
             let body = match valid_from {
                 Some(valid_from) => format!(
-                    "SELECT e.entity, arg_max_null({value}, CAST(d.{vf} AS TIMESTAMP)) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND CAST(d.{vf} AS TIMESTAMP) <= e.first_exposure\n  GROUP BY e.entity",
-                    vf = quote_ident(valid_from),
-                    src = source_sql(source),
+                    "SELECT e.entity, arg_max_null({value}, {vf}) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND {vf} <= e.first_exposure\n  GROUP BY e.entity",
+                    vf = ts(&format!("d.{}", quote_ident(valid_from))),
+                    src = source_sql(source, Some(valid_from)),
                     ent = quote_ident(entity),
                 ),
                 // One row per entity is expected; duplicates resolve to the largest value.
                 None => format!(
                     "SELECT d.{ent} AS entity, max({value}) AS value\n  FROM {src} AS d\n  GROUP BY d.{ent}",
                     ent = quote_ident(entity),
-                    src = source_sql(source),
+                    src = source_sql(source, None),
                 ),
             };
             let _ = write!(sql, "dimension_{i} AS (\n  {body}\n),\n");
