@@ -49,8 +49,13 @@ pub fn compile_all(
         .map(|(path, calculation)| {
             let namespace = calculation.namespace().unwrap_or_else(|| "default".into());
             let catalog = manifests.catalog(&namespace).unwrap_or(&empty);
+            // The file to fix is the one that defines the resource at fault, which
+            // need not be the calculation's.
             let resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
-                path: path.display().to_string(),
+                path: manifests
+                    .file_of(&namespace, error.resource())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| path.display().to_string()),
                 error,
             })?;
             Ok((calculation.clone(), plan::compile(&resolved)))

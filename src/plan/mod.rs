@@ -99,6 +99,14 @@ impl PlanError {
         }
     }
 
+    /// The resource at fault, as `Kind/name`.
+    pub fn resource(&self) -> &str {
+        match self {
+            Self::MissingReference { referrer, .. } => referrer,
+            Self::InvalidField { resource, .. } => resource,
+        }
+    }
+
     /// A short CamelCase reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
