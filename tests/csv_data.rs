@@ -203,3 +203,45 @@ fn text_times_in_parquet_honour_their_offsets() {
     let status = status(&dir);
     assert_eq!(overall(&status, "control"), (3, 23.0, 0));
 }
+
+fn table(dir: &Path) -> String {
+    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(dir).ok();
+    output
+}
+
+#[test]
+fn the_table_warns_of_an_empty_control_and_of_an_empty_experiment() {
+    let facts = "user_id,ts,amount\n1,2026-10-02T00:00:00Z,1\n";
+    let dir = experiment("empty-control", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n4,2026-10-01T10:00:00Z,treatment\n",
+    )
+    .unwrap();
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        format!("{manifests}  exposureGroups: [control, treatment]\n"),
+    )
+    .unwrap();
+    let output = table(&dir);
+    assert!(
+        output.contains("warning: no entity in the control variant \"control\""),
+        "{output}"
+    );
+
+    // Every exposure falls before startTime.
+    let dir = experiment("empty-window", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n1,2026-09-01T10:00:00Z,control\n",
+    )
+    .unwrap();
+    let output = table(&dir);
+    assert!(
+        output.contains("warning: no entity was exposed in the exposure window"),
+        "{output}"
+    );
+}
