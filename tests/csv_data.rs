@@ -245,3 +245,54 @@ fn the_table_warns_of_an_empty_control_and_of_an_empty_experiment() {
         "{output}"
     );
 }
+
+fn run_error(dir: &Path) -> String {
+    let error = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+        .expect_err("the calculation should fail");
+    std::fs::remove_dir_all(dir).ok();
+    error.to_string()
+}
+
+#[test]
+fn a_missing_column_or_file_is_reported_against_the_table_that_names_it() {
+    let facts = "user_id,ts,amount\n1,2026-10-02T00:00:00Z,1\n";
+    let dir = experiment("no-entity-column", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "uid,ts,variant\n1,2026-10-01T10:00:00Z,control\n",
+    )
+    .unwrap();
+    let message = run_error(&dir);
+    assert!(
+        message.contains(&format!(
+            "ExposureTable/exp: spec.entityColumn: column \"user_id\" not found in {}",
+            dir.join("exposures.csv").display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("(columns: uid, ts, variant)"), "{message}");
+
+    let dir = experiment("no-measurement-column", "user_id,ts,value\n", SUM_OF_AMOUNT);
+    let message = run_error(&dir);
+    assert!(
+        message
+            .contains("FactTable/facts: spec.measurements[0].column: column \"amount\" not found"),
+        "{message}"
+    );
+
+    let dir = experiment("no-matching-file", facts, SUM_OF_AMOUNT);
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        manifests.replace("{files: facts.csv}", "{files: \"missing-*.csv\"}"),
+    )
+    .unwrap();
+    let message = run_error(&dir);
+    assert!(
+        message.contains(&format!(
+            "FactTable/facts: spec.source.files: no file matches \"{}\"",
+            dir.join("missing-*.csv").display()
+        )),
+        "{message}"
+    );
+}

@@ -342,6 +342,7 @@ mod tests {
             },
             control: "control".into(),
             exposure_groups: vec![],
+            sources: vec![],
         }
     }
 

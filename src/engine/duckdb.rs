@@ -8,7 +8,7 @@ use std::sync::{
 use duckdb::{AccessMode, Config, Connection, types::ValueRef};
 
 use crate::api::DuckDbSettings;
-use crate::plan::{SqlValue, check_statement};
+use crate::plan::{SourceCheck, SqlValue, check_statement};
 
 use super::{EngineError, Interrupt, QueryResult};
 
@@ -121,6 +121,51 @@ impl Session {
         Ok(Self {
             connection: open(settings)?,
         })
+    }
+
+    /// Checks that a source can be read and has the columns the calculation reads, in
+    /// one query that returns no row (and, only when that fails on a glob, a second
+    /// that counts the files it matches).
+    pub fn check_source(&self, check: &SourceCheck) -> Result<(), EngineError> {
+        let error = |field: &str, message: String| EngineError::Source {
+            resource: check.resource.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let columns = match self.query(&check.sql, |_| {}) {
+            Ok(result) => result.columns,
+            Err(EngineError::Query(message)) => {
+                if let Some(glob) = &check.files {
+                    let matched = self.query(
+                        &format!(
+                            "SELECT count(*) AS files FROM glob('{}')",
+                            glob.replace('\'', "''")
+                        ),
+                        |_| {},
+                    )?;
+                    if matched.rows.first().and_then(|row| row.first()) == Some(&SqlValue::Int(0)) {
+                        return Err(error(&check.field, format!("no file matches {glob:?}")));
+                    }
+                }
+                return Err(error(&check.field, message));
+            }
+            Err(other) => return Err(other),
+        };
+        for read in &check.columns {
+            // DuckDB matches identifiers, quoted ones too, regardless of case.
+            if !columns.iter().any(|c| c.eq_ignore_ascii_case(&read.column)) {
+                return Err(error(
+                    &read.field,
+                    format!(
+                        "column {:?} not found in {} (columns: {})",
+                        read.column,
+                        check.shown,
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `sql`, which must be one statement, and collects every row.

@@ -29,6 +29,41 @@ pub struct ResolvedCalculation {
     pub times: PlanTimes,
     /// Every table the calculation reads, once each (data readiness is checked on them).
     pub tables: Vec<TableRead>,
+    /// Each table's source and the columns the calculation reads from it.
+    pub source_columns: Vec<SourceColumns>,
+}
+
+/// A table's source and the columns read from it, as (field, column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceColumns {
+    pub resource: String,
+    pub source: Source,
+    pub columns: Vec<(String, String)>,
+}
+
+/// Records that `resource` reads `column` (named by `field`) from `source`.
+fn note(
+    reads: &mut Vec<SourceColumns>,
+    resource: &str,
+    source: &Source,
+    field: &str,
+    column: &str,
+) {
+    let index = match reads.iter().position(|r| r.resource == resource) {
+        Some(i) => i,
+        None => {
+            reads.push(SourceColumns {
+                resource: resource.to_string(),
+                source: source.clone(),
+                columns: Vec::new(),
+            });
+            reads.len() - 1
+        }
+    };
+    let columns = &mut reads[index].columns;
+    if !columns.iter().any(|(_, c)| c == column) {
+        columns.push((field.to_string(), column.to_string()));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +283,21 @@ pub fn resolve(
         )?,
     };
 
+    let mut source_columns = Vec::new();
+    for (field, column) in [
+        ("spec.entityColumn", &exposure.entity),
+        ("spec.timestampColumn", &exposure.timestamp),
+        ("spec.variantColumn", &exposure.variant),
+    ] {
+        note(
+            &mut source_columns,
+            &exposure_name,
+            &exposure.source,
+            field,
+            column,
+        );
+    }
+
     let sides: Vec<(&str, &MetricMeasurement)> = match metric.spec.metric_type {
         MetricType::Average => {
             let average = metric.spec.average.as_ref().ok_or_else(|| {
@@ -301,6 +351,21 @@ pub fn resolve(
             )?,
             filter,
         };
+        note(
+            &mut source_columns,
+            &fact_name,
+            &read.source,
+            "spec.entityColumn",
+            &read.entity,
+        );
+        note(
+            &mut source_columns,
+            &fact_name,
+            &read.source,
+            "spec.timestampColumn",
+            &read.timestamp,
+        );
+        let fact_source = read.source.clone();
         let read_index = match fact_reads.iter().position(|r| *r == read) {
             Some(i) => i,
             None => {
@@ -337,11 +402,16 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                Some(column(
+                let field = format!("spec.measurements[{index}].column");
+                let measured = column(&fact_name, field.clone(), declared.column())?;
+                note(
+                    &mut source_columns,
                     &fact_name,
-                    format!("spec.measurements[{index}].column"),
-                    declared.column(),
-                )?)
+                    &fact_source,
+                    &field,
+                    &measured,
+                );
+                Some(measured)
             }
             None if side.aggregation == Aggregation::Count => None,
             None => {
@@ -490,7 +560,7 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                DimensionFrom::Table {
+                let from = DimensionFrom::Table {
                     source: source(&table_ref, &table.spec.source, engine.engine)?,
                     entity: column(
                         &table_ref,
@@ -508,7 +578,27 @@ pub fn resolve(
                         .as_deref()
                         .map(|c| column(&table_ref, "spec.timestampColumn".into(), c))
                         .transpose()?,
+                };
+                if let DimensionFrom::Table {
+                    source,
+                    entity,
+                    column,
+                    timestamp,
+                } = &from
+                {
+                    let dimension_field = format!("spec.dimensions[{index}].column");
+                    let mut columns = vec![
+                        ("spec.entityColumn", entity.as_str()),
+                        (dimension_field.as_str(), column.as_str()),
+                    ];
+                    if let Some(timestamp) = timestamp {
+                        columns.push(("spec.timestampColumn", timestamp.as_str()));
+                    }
+                    for (field, column) in columns {
+                        note(&mut source_columns, &table_ref, source, field, column);
+                    }
                 }
+                from
             }
             None => {
                 let (index, declared) = e
@@ -527,13 +617,16 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                DimensionFrom::Exposure {
-                    column: column(
-                        &exposure_name,
-                        format!("spec.dimensions[{index}].column"),
-                        declared.column(),
-                    )?,
-                }
+                let field = format!("spec.dimensions[{index}].column");
+                let column = column(&exposure_name, field.clone(), declared.column())?;
+                note(
+                    &mut source_columns,
+                    &exposure_name,
+                    &exposure.source,
+                    &field,
+                    &column,
+                );
+                DimensionFrom::Exposure { column }
             }
         };
         if dimensions.iter().any(|d: &Dimension| d.name == split.name) {
@@ -575,6 +668,7 @@ pub fn resolve(
         exposure_groups: template.exposure_groups.clone(),
         control: template.control().to_string(),
         tables,
+        source_columns,
         times: PlanTimes {
             exposure_start: start,
             exposure_end,

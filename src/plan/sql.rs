@@ -93,6 +93,18 @@ fn source_sql(source: &Source, timestamp: Option<&str>) -> String {
     }
 }
 
+/// A statement that returns the columns of a source and no row. CSV files are sniffed
+/// from a sample here: the names come from the header either way.
+pub fn columns_of(source: &Source) -> String {
+    let from = match source {
+        Source::Files(glob) if !glob.to_ascii_lowercase().ends_with(".parquet") => {
+            format!("read_csv({}, header = true)", quote_literal(glob))
+        }
+        other => source_sql(other, None),
+    };
+    format!("SELECT * FROM {from} AS source LIMIT 0")
+}
+
 /// A time column as a UTC TIMESTAMP. Text is read as an instant (`TIMESTAMPTZ`), so a
 /// UTC offset in it counts, and text without one is UTC; the build's DuckDB has no
 /// ICU extension, so its TIMESTAMPTZ arithmetic is in UTC. `typeof` is resolved when
