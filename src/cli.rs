@@ -49,8 +49,13 @@ pub fn compile_all(
         .map(|(path, calculation)| {
             let namespace = calculation.namespace().unwrap_or_else(|| "default".into());
             let catalog = manifests.catalog(&namespace).unwrap_or(&empty);
+            // The file to fix is the one that defines the resource at fault, which
+            // need not be the calculation's.
             let resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
-                path: path.display().to_string(),
+                path: manifests
+                    .file_of(&namespace, error.resource())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| path.display().to_string()),
                 error,
             })?;
             Ok((calculation.clone(), plan::compile(&resolved)))
@@ -332,15 +337,74 @@ pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
             analysis.multiple_variant_entities
         ));
     }
-    if analysis.comparisons.is_empty()
-        && analysis
-            .sample_ratio_mismatch
-            .as_ref()
-            .is_some_and(|s| !s.counts.contains_key(control))
-    {
+    let counts = analysis
+        .sample_ratio_mismatch
+        .as_ref()
+        .map(|s| s.counts.clone())
+        .unwrap_or_default();
+    if counts.values().all(|n| *n == 0) {
+        // Nothing else is worth saying: every figure is empty.
+        out.push(
+            "no entity was exposed in the exposure window: check startTime, exposureEndTime, the exposure table's time column and exposureGroups".to_string(),
+        );
+        return out;
+    }
+    if counts.get(control).copied().unwrap_or(0) == 0 {
         out.push(format!(
             "no entity in the control variant {control:?}: no effects computed"
         ));
     }
+    for (variant, n) in &counts {
+        if variant != control && *n == 0 {
+            out.push(format!(
+                "no entity in the variant {variant:?}: it has no figures"
+            ));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SampleRatioMismatch;
+
+    fn analysis(counts: &[(&str, i64)]) -> Analysis {
+        Analysis {
+            comparisons: Vec::new(),
+            multiple_variant_entities: 0,
+            sample_ratio_mismatch: (!counts.is_empty()).then(|| SampleRatioMismatch {
+                counts: counts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
+                p_value: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn empty_variants_and_empty_experiments_are_warned_about() {
+        let no_one = warnings(&analysis(&[]), "control");
+        assert_eq!(no_one.len(), 1);
+        assert!(no_one[0].starts_with("no entity was exposed"), "{no_one:?}");
+        let all_zero = warnings(&analysis(&[("control", 0), ("treatment", 0)]), "control");
+        assert_eq!(all_zero, no_one);
+
+        // An expected control with no entity is counted as 0, and still warned about.
+        let empty_control = warnings(&analysis(&[("control", 0), ("treatment", 5)]), "control");
+        assert_eq!(
+            empty_control,
+            ["no entity in the control variant \"control\": no effects computed"]
+        );
+        let absent_control = warnings(&analysis(&[("treatment", 5)]), "control");
+        assert_eq!(absent_control, empty_control);
+
+        let empty_treatment = warnings(
+            &analysis(&[("control", 5), ("other", 0), ("treatment", 5)]),
+            "control",
+        );
+        assert_eq!(
+            empty_treatment,
+            ["no entity in the variant \"other\": it has no figures"]
+        );
+        assert!(warnings(&analysis(&[("control", 5), ("treatment", 5)]), "control").is_empty());
+    }
 }

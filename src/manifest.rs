@@ -267,6 +267,14 @@ impl Manifests {
         Ok(())
     }
 
+    /// The file that defined `resource` (`Kind/name`) in `namespace`.
+    pub fn file_of(&self, namespace: &str, resource: &str) -> Option<&str> {
+        let (kind, name) = resource.split_once('/')?;
+        self.seen
+            .get(&(namespace.to_string(), kind.to_string(), name.to_string()))
+            .map(String::as_str)
+    }
+
     /// The catalog of a namespace, if anything was loaded into it.
     pub fn catalog(&self, namespace: &str) -> Option<&Catalog> {
         self.catalogs.get(namespace)

@@ -231,6 +231,22 @@ fn an_invalid_field_names_the_file_resource_and_field() {
 }
 
 #[test]
+fn a_plan_error_names_the_file_of_the_resource_at_fault() {
+    // The bad field is in tables.yaml, not in the calculation's file.
+    let dir = broken_example("tables.yaml", |t| {
+        t.replacen("entityColumn: user_id", "entityColumn: \"user id\"", 1)
+    });
+    let output = tally(&["run", "-f", dir.to_str().unwrap()]);
+    let message = stderr(&output);
+    assert!(
+        message.starts_with(&format!("error: {}", dir.join("tables.yaml").display())),
+        "{message}"
+    );
+    assert!(!message.contains("calculations.yaml"), "{message}");
+    assert_fails_with(&dir, &["spec.entityColumn", "user id"]);
+}
+
+#[test]
 fn a_missing_data_file_is_reported_before_anything_runs() {
     let dir = broken_example("tables.yaml", |t| {
         t.replace("data/users.csv.gz", "data/people.csv.gz")

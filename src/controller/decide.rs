@@ -406,6 +406,7 @@ mod tests {
             },
             control: "control".into(),
             exposure_groups: vec![],
+            sources: vec![],
         }
     }
 

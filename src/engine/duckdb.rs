@@ -8,7 +8,7 @@ use std::sync::{
 use duckdb::{AccessMode, Config, Connection, types::ValueRef};
 
 use crate::api::DuckDbSettings;
-use crate::plan::SqlValue;
+use crate::plan::{SourceCheck, SqlValue, check_statement};
 
 use super::{EngineError, Interrupt, QueryResult};
 
@@ -123,12 +123,60 @@ impl Session {
         })
     }
 
-    /// Runs `sql` and collects every row.
+    /// Checks that a source can be read and has the columns the calculation reads, in
+    /// one query that returns no row (and, only when that fails on a glob, a second
+    /// that counts the files it matches).
+    pub fn check_source(&self, check: &SourceCheck) -> Result<(), EngineError> {
+        let error = |field: &str, message: String| EngineError::Source {
+            resource: check.resource.clone(),
+            field: field.to_string(),
+            message,
+        };
+        let columns = match self.query(&check.sql, |_| {}) {
+            Ok(result) => result.columns,
+            Err(EngineError::Query(message)) => {
+                if let Some(glob) = &check.files {
+                    let matched = self.query(
+                        &format!(
+                            "SELECT count(*) AS files FROM glob('{}')",
+                            glob.replace('\'', "''")
+                        ),
+                        |_| {},
+                    )?;
+                    if matched.rows.first().and_then(|row| row.first()) == Some(&SqlValue::Int(0)) {
+                        return Err(error(&check.field, format!("no file matches {glob:?}")));
+                    }
+                }
+                return Err(error(&check.field, message));
+            }
+            Err(other) => return Err(other),
+        };
+        for read in &check.columns {
+            // DuckDB matches identifiers, quoted ones too, regardless of case.
+            if !columns.iter().any(|c| c.eq_ignore_ascii_case(&read.column)) {
+                return Err(error(
+                    &read.field,
+                    format!(
+                        "column {:?} not found in {} (columns: {})",
+                        read.column,
+                        check.shown,
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `sql`, which must be one statement, and collects every row.
     pub fn query(
         &self,
         sql: &str,
         on_start: impl FnOnce(Box<dyn Interrupt>),
     ) -> Result<QueryResult, EngineError> {
+        // `prepare` runs every statement of a text but the last: a second statement
+        // must never get that far, whatever made the text.
+        check_statement(sql).map_err(EngineError::Refused)?;
         let connection = &self.connection;
         let interrupted = Arc::new(AtomicBool::new(false));
         on_start(Box::new(DuckDbInterrupt {
@@ -155,5 +203,27 @@ impl Session {
             out.push(values);
         }
         Ok(QueryResult { columns, rows: out })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_of_several_statements_is_refused_before_any_runs() {
+        let file = std::env::temp_dir().join(format!("tally-refused-{}.csv", std::process::id()));
+        let sql = format!(
+            "SELECT 1; COPY (SELECT 42 AS pwned) TO '{}'; SELECT 2",
+            file.display()
+        );
+        let error = run(&DuckDbSettings::default(), &sql, |_| {}).unwrap_err();
+        assert!(
+            matches!(error, EngineError::Refused("holds more than one statement")),
+            "{error}"
+        );
+        assert!(!file.exists());
+        let result = run(&DuckDbSettings::default(), "SELECT 42 AS answer;", |_| {}).unwrap();
+        assert_eq!(result.rows, vec![vec![SqlValue::Int(42)]]);
     }
 }

@@ -21,6 +21,14 @@ pub enum EngineError {
         setting: &'static str,
         message: String,
     },
+    #[error("{resource}: {field}: {message}")]
+    Source {
+        resource: String,
+        field: String,
+        message: String,
+    },
+    #[error("refused to run the SQL: it {0}")]
+    Refused(&'static str),
     #[error("the warehouse query failed: {0}")]
     Query(String),
     #[error("the warehouse query was cancelled")]
@@ -41,6 +49,12 @@ pub fn run(
     on_start: impl FnOnce(Box<dyn Interrupt>),
 ) -> Result<QueryResult, EngineError> {
     match plan.engine.engine {
-        Engine::DuckDb => duckdb::run(&plan.engine.duckdb, &plan.sql, on_start),
+        Engine::DuckDb => {
+            let session = duckdb::Session::open(&plan.engine.duckdb)?;
+            for source in &plan.sources {
+                session.check_source(source)?;
+            }
+            session.query(&plan.sql, on_start)
+        }
     }
 }

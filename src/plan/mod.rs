@@ -18,7 +18,8 @@ use crate::api::{CalculationTimes, DuckDbSettings, Engine};
 use crate::stats::MeasureShape;
 
 pub use catalog::Catalog;
-pub use resolve::{ResolvedCalculation, TableRead, resolve};
+pub use fragment::check_statement;
+pub use resolve::{ResolvedCalculation, Source, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};
 
 /// A resource that failed to resolve, and how to fix it.
@@ -98,6 +99,14 @@ impl PlanError {
         }
     }
 
+    /// The resource at fault, as `Kind/name`.
+    pub fn resource(&self) -> &str {
+        match self {
+            Self::MissingReference { referrer, .. } => referrer,
+            Self::InvalidField { resource, .. } => resource,
+        }
+    }
+
     /// A short CamelCase reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -130,6 +139,38 @@ pub struct CalculationPlan {
     pub control: String,
     /// The exposure groups of the calculation (empty: every observed variant).
     pub exposure_groups: Vec<String>,
+    /// Each table's source, checked before the calculation runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceCheck>,
+}
+
+/// A cheap look at one table's source before the calculation, so that a glob that
+/// matches nothing or a missing column is reported against the resource that names
+/// it rather than as an error in the middle of the statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCheck {
+    /// `Kind/name` of the table.
+    pub resource: String,
+    /// The field that holds the source: `spec.source.files`, `.sql` or `.table`.
+    pub field: String,
+    /// The source as a reader would name it, for messages.
+    pub shown: String,
+    /// The glob of a `files` source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+    /// A statement that returns the source's columns and no row.
+    pub sql: String,
+    /// The columns the calculation reads from it.
+    pub columns: Vec<ColumnRead>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ColumnRead {
+    /// The field that names the column, e.g. `spec.entityColumn`.
+    pub field: String,
+    pub column: String,
 }
 
 /// What the rows of a plan's SQL look like.
@@ -187,6 +228,32 @@ pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
         times: resolved.times,
         control: resolved.control.clone(),
         exposure_groups: resolved.exposure_groups.clone(),
+        sources: resolved
+            .source_columns
+            .iter()
+            .map(|read| {
+                let (field, shown, files) = match &read.source {
+                    Source::Files(glob) => ("spec.source.files", glob.clone(), Some(glob.clone())),
+                    Source::Sql(_) => ("spec.source.sql", "its SQL source".to_string(), None),
+                    Source::Table(table) => ("spec.source.table", format!("table {table}"), None),
+                };
+                SourceCheck {
+                    resource: read.resource.clone(),
+                    field: field.to_string(),
+                    shown,
+                    files,
+                    sql: sql::columns_of(&read.source),
+                    columns: read
+                        .columns
+                        .iter()
+                        .map(|(field, column)| ColumnRead {
+                            field: field.clone(),
+                            column: column.clone(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
     }
 }
 

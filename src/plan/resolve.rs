@@ -20,6 +20,8 @@ pub struct ResolvedCalculation {
     pub measures: Vec<Measure>,
     pub window_offset: SignedDuration,
     pub window_length: Option<SignedDuration>,
+    /// `window_offset + window_length`, for a closed window.
+    pub window_end: Option<SignedDuration>,
     pub pre_exposure_window: Option<SignedDuration>,
     pub dimensions: Vec<Dimension>,
     pub exposure_groups: Vec<String>,
@@ -27,6 +29,41 @@ pub struct ResolvedCalculation {
     pub times: PlanTimes,
     /// Every table the calculation reads, once each (data readiness is checked on them).
     pub tables: Vec<TableRead>,
+    /// Each table's source and the columns the calculation reads from it.
+    pub source_columns: Vec<SourceColumns>,
+}
+
+/// A table's source and the columns read from it, as (field, column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceColumns {
+    pub resource: String,
+    pub source: Source,
+    pub columns: Vec<(String, String)>,
+}
+
+/// Records that `resource` reads `column` (named by `field`) from `source`.
+fn note(
+    reads: &mut Vec<SourceColumns>,
+    resource: &str,
+    source: &Source,
+    field: &str,
+    column: &str,
+) {
+    let index = match reads.iter().position(|r| r.resource == resource) {
+        Some(i) => i,
+        None => {
+            reads.push(SourceColumns {
+                resource: resource.to_string(),
+                source: source.clone(),
+                columns: Vec::new(),
+            });
+            reads.len() - 1
+        }
+    };
+    let columns = &mut reads[index].columns;
+    if !columns.iter().any(|(_, c)| c == column) {
+        columns.push((field.to_string(), column.to_string()));
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +126,28 @@ pub enum DimensionFrom {
         column: String,
         timestamp: Option<String>,
     },
+}
+
+/// The longest duration a window may have: far beyond any experiment, and short
+/// enough that a time plus windows stays inside every engine's timestamp range.
+pub const MAX_WINDOW: SignedDuration = SignedDuration::from_hours(36_500 * 24);
+
+fn bounded(
+    resource: &str,
+    field: &str,
+    duration: SignedDuration,
+) -> Result<SignedDuration, PlanError> {
+    if duration.is_negative() || duration > MAX_WINDOW {
+        return Err(PlanError::invalid(
+            resource,
+            field,
+            format!(
+                "{}s is out of range (at most 36500d, about 100 years)",
+                duration.as_secs()
+            ),
+        ));
+    }
+    Ok(duration)
 }
 
 fn column(resource: &str, field: String, value: &str) -> Result<String, PlanError> {
@@ -224,6 +283,21 @@ pub fn resolve(
         )?,
     };
 
+    let mut source_columns = Vec::new();
+    for (field, column) in [
+        ("spec.entityColumn", &exposure.entity),
+        ("spec.timestampColumn", &exposure.timestamp),
+        ("spec.variantColumn", &exposure.variant),
+    ] {
+        note(
+            &mut source_columns,
+            &exposure_name,
+            &exposure.source,
+            field,
+            column,
+        );
+    }
+
     let sides: Vec<(&str, &MetricMeasurement)> = match metric.spec.metric_type {
         MetricType::Average => {
             let average = metric.spec.average.as_ref().ok_or_else(|| {
@@ -277,6 +351,21 @@ pub fn resolve(
             )?,
             filter,
         };
+        note(
+            &mut source_columns,
+            &fact_name,
+            &read.source,
+            "spec.entityColumn",
+            &read.entity,
+        );
+        note(
+            &mut source_columns,
+            &fact_name,
+            &read.source,
+            "spec.timestampColumn",
+            &read.timestamp,
+        );
+        let fact_source = read.source.clone();
         let read_index = match fact_reads.iter().position(|r| *r == read) {
             Some(i) => i,
             None => {
@@ -313,11 +402,16 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                Some(column(
+                let field = format!("spec.measurements[{index}].column");
+                let measured = column(&fact_name, field.clone(), declared.column())?;
+                note(
+                    &mut source_columns,
                     &fact_name,
-                    format!("spec.measurements[{index}].column"),
-                    declared.column(),
-                )?)
+                    &fact_source,
+                    &field,
+                    &measured,
+                );
+                Some(measured)
             }
             None if side.aggregation == Aggregation::Count => None,
             None => {
@@ -331,7 +425,18 @@ pub fn resolve(
                 ));
             }
         };
+        // YAML can say .inf and .nan; neither is a number SQL can hold.
+        let finite = |name: &str, value: Option<f64>| match value {
+            Some(v) if !v.is_finite() => Err(PlanError::invalid(
+                &metric_name,
+                format!("{field}.{name}"),
+                "must be a finite number",
+            )),
+            _ => Ok(()),
+        };
         if let Some(cap) = &side.cap {
+            finite("cap.min", cap.min)?;
+            finite("cap.max", cap.max)?;
             if cap.min.is_none() && cap.max.is_none() {
                 return Err(PlanError::invalid(
                     &metric_name,
@@ -349,6 +454,7 @@ pub fn resolve(
                 ));
             }
         }
+        finite("threshold.value", side.threshold.as_ref().map(|t| t.value))?;
         measures.push(Measure {
             read: read_index,
             column: measure_column,
@@ -366,14 +472,34 @@ pub fn resolve(
     let window_offset = window
         .offset
         .as_ref()
-        .map(|d| d.as_signed())
+        .map(|d| bounded(&metric_name, "spec.window.offset", d.as_signed()))
+        .transpose()?
         .unwrap_or(SignedDuration::ZERO);
-    let window_length = window.length.as_ref().map(|d| d.as_signed());
+    let window_length = window
+        .length
+        .as_ref()
+        .map(|d| bounded(&metric_name, "spec.window.length", d.as_signed()))
+        .transpose()?;
+    // Both are bounded, so their sum is far from overflowing; checked all the same.
+    let window_end = window_length
+        .map(|length| {
+            window_offset.checked_add(length).ok_or_else(|| {
+                PlanError::invalid(&metric_name, "spec.window", "offset + length is too large")
+            })
+        })
+        .transpose()?;
     let pre_exposure_window = metric
         .spec
         .variance_reduction
         .as_ref()
-        .map(|v| v.pre_exposure_window.as_signed());
+        .map(|v| {
+            bounded(
+                &metric_name,
+                "spec.varianceReduction.preExposureWindow",
+                v.pre_exposure_window.as_signed(),
+            )
+        })
+        .transpose()?;
 
     let start = spec.start_time.0;
     let end = spec.end_time.0;
@@ -434,7 +560,7 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                DimensionFrom::Table {
+                let from = DimensionFrom::Table {
                     source: source(&table_ref, &table.spec.source, engine.engine)?,
                     entity: column(
                         &table_ref,
@@ -452,7 +578,27 @@ pub fn resolve(
                         .as_deref()
                         .map(|c| column(&table_ref, "spec.timestampColumn".into(), c))
                         .transpose()?,
+                };
+                if let DimensionFrom::Table {
+                    source,
+                    entity,
+                    column,
+                    timestamp,
+                } = &from
+                {
+                    let dimension_field = format!("spec.dimensions[{index}].column");
+                    let mut columns = vec![
+                        ("spec.entityColumn", entity.as_str()),
+                        (dimension_field.as_str(), column.as_str()),
+                    ];
+                    if let Some(timestamp) = timestamp {
+                        columns.push(("spec.timestampColumn", timestamp.as_str()));
+                    }
+                    for (field, column) in columns {
+                        note(&mut source_columns, &table_ref, source, field, column);
+                    }
                 }
+                from
             }
             None => {
                 let (index, declared) = e
@@ -471,13 +617,16 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                DimensionFrom::Exposure {
-                    column: column(
-                        &exposure_name,
-                        format!("spec.dimensions[{index}].column"),
-                        declared.column(),
-                    )?,
-                }
+                let field = format!("spec.dimensions[{index}].column");
+                let column = column(&exposure_name, field.clone(), declared.column())?;
+                note(
+                    &mut source_columns,
+                    &exposure_name,
+                    &exposure.source,
+                    &field,
+                    &column,
+                );
+                DimensionFrom::Exposure { column }
             }
         };
         if dimensions.iter().any(|d: &Dimension| d.name == split.name) {
@@ -513,11 +662,13 @@ pub fn resolve(
         measures,
         window_offset,
         window_length,
+        window_end,
         pre_exposure_window,
         dimensions,
         exposure_groups: template.exposure_groups.clone(),
         control: template.control().to_string(),
         tables,
+        source_columns,
         times: PlanTimes {
             exposure_start: start,
             exposure_end,

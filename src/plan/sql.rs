@@ -52,11 +52,13 @@ fn timestamp(t: Timestamp) -> String {
 }
 
 fn interval(d: SignedDuration) -> String {
-    format!("to_microseconds({})", micros(d))
+    format!("to_microseconds({})", micros(d.as_micros()))
 }
 
-fn micros(d: SignedDuration) -> String {
-    format!("{}::BIGINT", d.as_micros())
+/// Microseconds as a BIGINT; durations are bounded in resolution (`MAX_WINDOW`), so
+/// they fit.
+fn micros(us: i128) -> String {
+    format!("{us}::BIGINT")
 }
 
 fn float(value: f64) -> String {
@@ -64,7 +66,9 @@ fn float(value: f64) -> String {
     format!("CAST({value:?} AS DOUBLE)")
 }
 
-fn source_sql(source: &Source) -> String {
+/// The SQL that reads a source. `timestamp` names the column the read takes times
+/// from, if any.
+fn source_sql(source: &Source, timestamp: Option<&str>) -> String {
     match source {
         Source::Table(name) => qualified(name),
         Source::Sql(sql) => format!("({sql})"),
@@ -73,14 +77,43 @@ fn source_sql(source: &Source) -> String {
             if lower.ends_with(".parquet") {
                 format!("read_parquet({})", quote_literal(glob))
             } else {
-                format!("read_csv({}, header = true)", quote_literal(glob))
+                // Types come from the whole file, not a sample of its first rows: a
+                // column whose first 20k values are integers may hold decimals later.
+                // The time column is read as an instant, so a UTC offset on any row
+                // counts (a zone-less TIMESTAMP column would drop it silently).
+                let types = timestamp
+                    .map(|column| format!(", types = {{{}: 'TIMESTAMPTZ'}}", quote_literal(column)))
+                    .unwrap_or_default();
+                format!(
+                    "read_csv({}, header = true, sample_size = -1{types})",
+                    quote_literal(glob)
+                )
             }
         }
     }
 }
 
-fn ts(column: &str) -> String {
-    format!("CAST({} AS TIMESTAMP)", quote_ident(column))
+/// A statement that returns the columns of a source and no row. CSV files are sniffed
+/// from a sample here: the names come from the header either way.
+pub fn columns_of(source: &Source) -> String {
+    let from = match source {
+        Source::Files(glob) if !glob.to_ascii_lowercase().ends_with(".parquet") => {
+            format!("read_csv({}, header = true)", quote_literal(glob))
+        }
+        other => source_sql(other, None),
+    };
+    format!("SELECT * FROM {from} AS source LIMIT 0")
+}
+
+/// A time column as a UTC TIMESTAMP. Text is read as an instant (`TIMESTAMPTZ`), so a
+/// UTC offset in it counts, and text without one is UTC; the build's DuckDB has no
+/// ICU extension, so its TIMESTAMPTZ arithmetic is in UTC. `typeof` is resolved when
+/// the statement is bound, so a TIMESTAMP column (Parquet, tables) keeps a plain,
+/// free cast that DuckDB can still push into the scan as a filter.
+fn ts(expression: &str) -> String {
+    format!(
+        "CASE WHEN typeof({expression}) = 'VARCHAR' THEN CAST(CAST({expression} AS TIMESTAMPTZ) AS TIMESTAMP) ELSE CAST({expression} AS TIMESTAMP) END"
+    )
 }
 
 /// The per-entity aggregate over one window, NULL when the window holds no value (the
@@ -190,9 +223,9 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         sql,
         "exposure_rows AS (\n  SELECT {entity} AS entity, {ts} AS ts, CAST({variant} AS VARCHAR) AS variant{dims_select}\n  FROM {source} AS exposure_source\n  WHERE {entity} IS NOT NULL AND {variant} IS NOT NULL\n    AND {ts} >= {start} AND {ts} < {end}\n),\n",
         entity = quote_ident(&e.entity),
-        ts = ts(&e.timestamp),
+        ts = ts(&quote_ident(&e.timestamp)),
         variant = quote_ident(&e.variant),
-        source = source_sql(&e.source),
+        source = source_sql(&e.source, Some(&e.timestamp)),
         start = timestamp(t.exposure_start),
         end = timestamp(t.exposure_end),
     );
@@ -209,12 +242,12 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         let groups: Vec<String> = c.exposure_groups.iter().map(|g| quote_literal(g)).collect();
         let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
     }
-    if let Some(length) = c.window_length {
+    if let Some(end) = c.window_end {
         // A closed window counts only once it is complete.
         let _ = write!(
             kept,
             " AND first_exposure + {} <= {}",
-            interval(c.window_offset + length),
+            interval(end),
             timestamp(t.fact_end)
         );
     }
@@ -233,13 +266,13 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     // 3. Facts per read, aggregated per entity over the pre and post windows, in
     // microseconds since the first exposure.
     let post_end = c
-        .window_length
-        .map(|length| format!(" AND since < {}", micros(c.window_offset + length)))
+        .window_end
+        .map(|end| format!(" AND since < {}", micros(end.as_micros())))
         .unwrap_or_default();
-    let post_window = format!("since >= {}{post_end}", micros(c.window_offset));
+    let post_window = format!("since >= {}{post_end}", micros(c.window_offset.as_micros()));
     let pre_window = c
         .pre_exposure_window
-        .map(|pre| format!("since >= {} AND since < 0", micros(-pre)));
+        .map(|pre| format!("since >= {} AND since < 0", micros(-pre.as_micros())));
     for (r, read) in c.fact_reads.iter().enumerate() {
         let mut values = String::new();
         let mut joined_values = String::new();
@@ -248,9 +281,11 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             if measure.read != r {
                 continue;
             }
+            // Counts read the column as it is (any type: they only ask whether it is
+            // null); the other aggregations are arithmetic on numbers.
             let value = match (&measure.column, measure.aggregation) {
                 (None, _) => "1".to_string(),
-                (Some(col), Aggregation::CountDistinct) => quote_ident(col),
+                (Some(col), Aggregation::Count | Aggregation::CountDistinct) => quote_ident(col),
                 (Some(col), _) => format!("CAST({} AS DOUBLE)", quote_ident(col)),
             };
             let _ = write!(values, ", {value} AS v{m}");
@@ -283,8 +318,8 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             sql,
             "facts_{r} AS (\n  SELECT {entity} AS entity, {ts} AS ts{values}\n  FROM {source} AS fact_source\n  WHERE {filter}{ts} >= {start} AND {ts} < {end}\n),\n",
             entity = quote_ident(&read.entity),
-            ts = ts(&read.timestamp),
-            source = source_sql(&read.source),
+            ts = ts(&quote_ident(&read.timestamp)),
+            source = source_sql(&read.source, Some(&read.timestamp)),
             start = timestamp(t.fact_start),
             end = timestamp(t.fact_end),
         );
@@ -306,16 +341,16 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             let value = format!("CAST(d.{} AS VARCHAR)", quote_ident(column));
             let body = match valid_from {
                 Some(valid_from) => format!(
-                    "SELECT e.entity, arg_max_null({value}, CAST(d.{vf} AS TIMESTAMP)) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND CAST(d.{vf} AS TIMESTAMP) <= e.first_exposure\n  GROUP BY e.entity",
-                    vf = quote_ident(valid_from),
-                    src = source_sql(source),
+                    "SELECT e.entity, arg_max_null({value}, {vf}) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND {vf} <= e.first_exposure\n  GROUP BY e.entity",
+                    vf = ts(&format!("d.{}", quote_ident(valid_from))),
+                    src = source_sql(source, Some(valid_from)),
                     ent = quote_ident(entity),
                 ),
                 // One row per entity is expected; duplicates resolve to the largest value.
                 None => format!(
                     "SELECT d.{ent} AS entity, max({value}) AS value\n  FROM {src} AS d\n  GROUP BY d.{ent}",
                     ent = quote_ident(entity),
-                    src = source_sql(source),
+                    src = source_sql(source, None),
                 ),
             };
             let _ = write!(sql, "dimension_{i} AS (\n  {body}\n),\n");

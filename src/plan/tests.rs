@@ -145,6 +145,41 @@ fn sql_fragments_cannot_escape_their_parentheses() {
     );
     assert_eq!(field, "spec.source.sql");
 
+    // Dollar-quoted strings, which DuckDB reads as text where a naive scan sees code.
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"'(' = $$($$) OR (amount < 0 OR '' = $$)$$\"}",
+    );
+    let (resource, field, message) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("Metric/revenue", "spec.average.measurement.filter")
+    );
+    assert!(message.contains("dollar-quoted"), "{message}");
+    let exposures = EXPOSURES.replace(
+        "files: /data/exposures.csv",
+        "sql: \"SELECT 1 AS user_id, current_date AS ts, 3 AS variant, $$'$$ AS q)) SELECT 1; COPY (SELECT 42 AS pwned) TO '/tmp/pwned.csv'; WITH exposure_rows AS (SELECT * FROM (SELECT $$'$$ AS q\"",
+    );
+    let (resource, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap_err(),
+    );
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("ExposureTable/exposures", "spec.source.sql")
+    );
+    // Escape strings, where a backslash escapes a quote.
+    let metric = REVENUE.replace(
+        "aggregation: Sum}",
+        "aggregation: Sum, filter: \"name = E'\\\\'' ) OR (1 = 1 OR '\"}",
+    );
+    let (_, field, message) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.average.measurement.filter");
+    assert!(message.contains("backslash"), "{message}");
+
     let metric = REVENUE.replace(
         "aggregation: Sum}",
         "aggregation: Sum, filter: \"items >= 3\"}",
@@ -269,4 +304,56 @@ spec:
         plan.sql.matches("FROM \"analytics\".\"purchases\"").count(),
         1
     );
+}
+
+#[test]
+fn durations_beyond_any_timestamp_range_are_refused_by_field() {
+    for (window, field) in [
+        ("{offset: 9223372036854775807s}", "spec.window.offset"),
+        ("{length: 10000000000000s}", "spec.window.length"),
+        ("{offset: 36500d, length: 36501d}", "spec.window.length"),
+    ] {
+        let metric = format!("{REVENUE}  window: {window}\n");
+        let (resource, actual, message) = invalid_field(
+            resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+        );
+        assert_eq!(
+            (resource.as_str(), actual.as_str()),
+            ("Metric/revenue", field)
+        );
+        assert!(message.contains("out of range"), "{message}");
+    }
+    let metric = format!("{REVENUE}  varianceReduction: {{preExposureWindow: 9999999999999s}}\n");
+    let (_, field, _) = invalid_field(
+        resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err(),
+    );
+    assert_eq!(field, "spec.varianceReduction.preExposureWindow");
+
+    // The longest accepted windows still compile to BIGINT microseconds.
+    let metric = format!("{REVENUE}  window: {{offset: 36500d, length: 36500d}}\n");
+    let plan = compile(&resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap());
+    assert!(
+        plan.sql.contains("since < 6307200000000000::BIGINT"),
+        "{}",
+        plan.sql
+    );
+}
+
+#[test]
+fn caps_and_thresholds_must_be_finite() {
+    for (extra, field) in [
+        ("cap: {max: .nan}", "spec.average.measurement.cap.max"),
+        ("cap: {min: -.inf}", "spec.average.measurement.cap.min"),
+        (
+            "threshold: {operator: GreaterThan, value: .inf}",
+            "spec.average.measurement.threshold.value",
+        ),
+    ] {
+        let metric = REVENUE.replace("aggregation: Sum}", &format!("aggregation: Sum, {extra}}}"));
+        let error = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &metric)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("Metric/revenue: {field}: must be a finite number")
+        );
+    }
 }

@@ -69,12 +69,18 @@ fn compare(variant: &str, control: &str, t: &BucketSums, c: &BucketSums) -> Comp
                 post: pc,
                 cuped: Some(xc),
             },
-        ) => {
-            if let Some((theta, effect)) = cuped_effect(pt, xt, pc, xc) {
+        ) => match cuped_effect(pt, xt, pc, xc) {
+            Some((theta, effect)) => {
                 comparison.theta = Some(theta);
-                comparison.absolute = Some(effect);
+                comparison.absolute = effect;
             }
-        }
+            // A group with no entity that has both values has no CUPED means; the
+            // unadjusted comparison is what is left.
+            None => {
+                comparison.absolute = average_absolute(pt, pc);
+                comparison.relative = average_relative(pt, pc);
+            }
+        },
         (BucketMoments::Average { post: pt, .. }, BucketMoments::Average { post: pc, .. }) => {
             comparison.absolute = average_absolute(pt, pc);
             comparison.relative = average_relative(pt, pc);
@@ -124,21 +130,36 @@ fn average_relative(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
 }
 
 /// CUPED: theta from the pooled pre/post sums of both groups, then the adjusted
-/// difference and variance per group.
+/// difference and variance per group. `None` when a group has no entity with both a
+/// pre and a post value.
+///
+/// theta = cov(y, x)/var(x) is undefined when x does not vary (no pre-exposure facts
+/// at all, say, so every x is 0): then theta = 0, no adjustment, and the result is the
+/// plain difference of the post means with its standard error.
 fn cuped_effect(
     post_t: &Moments<1>,
     cuped_t: &CupedSums<2>,
     post_c: &Moments<1>,
     cuped_c: &CupedSums<2>,
-) -> Option<(f64, Effect)> {
+) -> Option<(f64, Option<Effect>)> {
     const X: usize = 0;
     const Y: usize = 1;
     let (t, c) = (&cuped_t.moments, &cuped_c.moments);
-    let pooled = *t + *c;
-    let theta = pooled.covariance(X, Y)? / pooled.variance(X)?;
-    if !theta.is_finite() {
+    if t.n == 0 || c.n == 0 {
         return None;
     }
+    let pooled = *t + *c;
+    let theta = match (pooled.covariance(X, Y), pooled.variance(X)) {
+        // A variance within rounding of zero, relative to the mean square of x, is
+        // zero: dividing by it would make theta rounding noise.
+        (Some(covariance), Some(variance))
+            if variance > 1e-12 * pooled.sum_of_products(X, X) / pooled.n as f64 =>
+        {
+            Some(covariance / variance).filter(|theta| theta.is_finite())
+        }
+        _ => None,
+    }
+    .unwrap_or(0.0);
     let difference = (t.mean(Y)? - c.mean(Y)?) - theta * (t.mean(X)? - c.mean(X)?);
     let adjusted_variance = |post: &Moments<1>, m: &Moments<2>| {
         Some(
@@ -153,7 +174,7 @@ fn cuped_effect(
                 .sqrt(),
         )
     })();
-    Some((theta, effect(difference, se)?))
+    Some((theta, effect(difference, se)))
 }
 
 /// Delta-method variance of a ratio of sums, from per-entity [y, d] moments.
@@ -257,6 +278,92 @@ mod tests {
         let srm = analysis.sample_ratio_mismatch.unwrap();
         assert_eq!(srm.counts["b"], 0);
         assert!(srm.p_value.unwrap() < 0.2);
+    }
+
+    /// A CUPED bucket from per-entity post values and pre values (None: missing, so
+    /// the entity has no pair).
+    fn cuped_bucket(variant: &str, rows: &[(Option<f64>, f64)]) -> BucketSums {
+        let post: Vec<[f64; 1]> = rows.iter().map(|(_, y)| [*y]).collect();
+        let pairs: Vec<[f64; 2]> = rows
+            .iter()
+            .filter_map(|(x, y)| x.map(|x| [x, *y]))
+            .collect();
+        BucketSums {
+            variant: variant.into(),
+            dimension: None,
+            entities: rows.len() as i64,
+            count_missing: 0,
+            count_missing_rows: 0,
+            values: BucketMoments::Average {
+                post: Moments::from_observations(&post),
+                cuped: Some(CupedSums {
+                    moments: Moments::from_observations(&pairs),
+                    count_missing: 0,
+                    count_missing_rows: 0,
+                }),
+            },
+        }
+    }
+
+    fn only_comparison(buckets: &[BucketSums]) -> Comparison {
+        analyse(&AnalysisInput {
+            buckets,
+            control: "control",
+            expected_variants: &[],
+            multiple_variant_entities: 0,
+        })
+        .comparisons
+        .remove(0)
+    }
+
+    #[test]
+    fn cuped_without_pre_exposure_variation_is_the_plain_difference() {
+        // No pre-exposure facts: every x is 0 (Sum replaces missing with 0).
+        let control = [1.0, 2.0, 3.0, 4.0];
+        let treatment = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let with_x = |ys: &[f64]| ys.iter().map(|y| (Some(0.0), *y)).collect::<Vec<_>>();
+        let cuped = only_comparison(&[
+            cuped_bucket("control", &with_x(&control)),
+            cuped_bucket("treatment", &with_x(&treatment)),
+        ]);
+        let plain = only_comparison(&[
+            average_bucket("control", &control),
+            average_bucket("treatment", &treatment),
+        ]);
+        assert_eq!(cuped.theta, Some(0.0));
+        let (a, b) = (cuped.absolute.unwrap(), plain.absolute.unwrap());
+        assert!((a.difference - 2.0).abs() < 1e-12);
+        assert!((a.standard_error.unwrap() - b.standard_error.unwrap()).abs() < 1e-12);
+        assert!((a.p_value.unwrap() - b.p_value.unwrap()).abs() < 1e-12);
+
+        // A constant x that is not 0 leaves the same: rounding does not make a theta.
+        let with_x = |ys: &[f64]| ys.iter().map(|y| (Some(0.1), *y)).collect::<Vec<_>>();
+        let cuped = only_comparison(&[
+            cuped_bucket("control", &with_x(&control)),
+            cuped_bucket("treatment", &with_x(&treatment)),
+        ]);
+        assert_eq!(cuped.theta, Some(0.0));
+        assert!((cuped.absolute.unwrap().difference - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cuped_with_no_pairs_in_a_group_falls_back_to_the_plain_comparison() {
+        // Mean with no pre-exposure facts: x is missing and not replaced.
+        let control = [1.0, 2.0, 3.0, 4.0];
+        let treatment = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0];
+        let without_x = |ys: &[f64]| ys.iter().map(|y| (None, *y)).collect::<Vec<_>>();
+        let cuped = only_comparison(&[
+            cuped_bucket("control", &without_x(&control)),
+            cuped_bucket("treatment", &without_x(&treatment)),
+        ]);
+        let plain = only_comparison(&[
+            average_bucket("control", &control),
+            average_bucket("treatment", &treatment),
+        ]);
+        assert_eq!(cuped.theta, None);
+        assert_eq!(cuped.absolute, plain.absolute);
+        assert_eq!(cuped.relative, plain.relative);
+        assert!(cuped.absolute.is_some());
     }
 
     #[test]

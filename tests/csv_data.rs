@@ -1,0 +1,298 @@
+//! CSV files as users hand them over, through the real path (`tally run`): columns
+//! typed from the whole file, timestamps with and without a UTC offset, counts of
+//! non-numeric columns.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use tally::cli::{self, OutputFormat};
+
+/// A fresh directory with `exposures.csv` (users 1–3 in control, 4–6 in treatment,
+/// exposed on 2026-10-01 at 10:00 UTC), the given `facts.csv`, and manifests for one
+/// calculation of `metric` (the spec of an Average metric on FactTable `facts`).
+fn experiment(name: &str, facts: &str, metric: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tally-csv-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut exposures = String::from("user_id,ts,variant\n");
+    for user in 1..=6 {
+        let variant = if user <= 3 { "control" } else { "treatment" };
+        exposures.push_str(&format!("{user},2026-10-01T10:00:00Z,{variant}\n"));
+    }
+    std::fs::write(dir.join("exposures.csv"), exposures).unwrap();
+    std::fs::write(dir.join("facts.csv"), facts).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        format!(
+            r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {{name: exp}}
+spec:
+  source: {{files: exposures.csv}}
+  entityColumn: user_id
+  timestampColumn: ts
+  variantColumn: variant
+---
+apiVersion: tally.dev/v1alpha1
+kind: FactTable
+metadata: {{name: facts}}
+spec:
+  source: {{files: facts.csv}}
+  entityColumn: user_id
+  timestampColumn: ts
+  measurements: [{{name: amount}}, {{name: orders, column: order_id}}]
+---
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {{name: m}}
+spec:
+  type: Average
+{metric}
+---
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {{name: mc}}
+spec:
+  metric: m
+  exposureTable: exp
+  startTime: "2026-10-01T00:00:00Z"
+  endTime: "2026-10-10T00:00:00Z"
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn status(dir: &Path) -> Value {
+    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Json)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let items: Vec<Value> = serde_json::from_str(&output).unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    items[0]["status"].clone()
+}
+
+/// (count, sum, countMissingRows) of a variant's overall bucket.
+fn overall(status: &Value, variant: &str) -> (i64, f64, i64) {
+    let bucket = status["metricResults"]["metricBucketStats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["variant"] == variant && b["dimensions"].as_array().unwrap().is_empty())
+        .unwrap_or_else(|| panic!("no overall bucket for {variant}: {status:#}"));
+    let s = &bucket["summaryStats"]["averageSummaryStats"];
+    (
+        s["count"].as_i64().unwrap(),
+        s["sum"].as_f64().unwrap(),
+        s["countMissingRows"].as_i64().unwrap(),
+    )
+}
+
+#[test]
+fn count_and_count_distinct_read_a_text_column_as_it_is() {
+    let facts = "user_id,ts,amount,order_id\n\
+                 1,2026-10-02T00:00:00Z,1,o-1\n\
+                 2,2026-10-02T00:00:00Z,2,o-2\n\
+                 2,2026-10-02T01:00:00Z,2,\n\
+                 2,2026-10-02T02:00:00Z,2,o-2\n\
+                 4,2026-10-03T00:00:00Z,3,o-4\n";
+    for (aggregation, control_sum) in [("Count", 3.0), ("CountDistinct", 2.0)] {
+        let dir = experiment(
+            &format!("count-{aggregation}"),
+            facts,
+            &format!(
+                "  average:\n    measurement: {{factTable: facts, measurement: orders, aggregation: {aggregation}}}"
+            ),
+        );
+        let status = status(&dir);
+        // User 2's row with no order id is not counted, and is a null row.
+        assert_eq!(
+            overall(&status, "control"),
+            (3, control_sum, 1),
+            "{aggregation}"
+        );
+        assert_eq!(overall(&status, "treatment"), (3, 1.0, 0), "{aggregation}");
+    }
+}
+
+const SUM_OF_AMOUNT: &str =
+    "  average:\n    measurement: {factTable: facts, measurement: amount, aggregation: Sum}";
+
+/// `rows` copies of a fact of user 99, who was never exposed: filler that pushes what
+/// follows past the rows a sampling CSV reader looks at.
+fn filler(rows: usize, ts: &str) -> String {
+    format!("99,{ts},1\n").repeat(rows)
+}
+
+#[test]
+fn columns_are_typed_from_the_whole_file() {
+    let facts = format!(
+        "user_id,ts,amount\n{}\
+         1,2026-10-03T00:00:00Z,0.4\n\
+         2,2026-10-03T00:00:00Z,1.4\n\
+         3,2026-10-03T00:00:00Z,2.6\n\
+         4,2026-10-03T00:00:00Z,3.25\n",
+        filler(30_000, "2026-10-02T00:00:00Z")
+    );
+    let status = status(&experiment("sniff", &facts, SUM_OF_AMOUNT));
+    let (count, sum, _) = overall(&status, "control");
+    assert_eq!(count, 3);
+    assert!((sum - 4.4).abs() < 1e-9, "decimals kept: {sum}");
+    let (_, sum, _) = overall(&status, "treatment");
+    assert!((sum - 3.25).abs() < 1e-9, "decimals kept: {sum}");
+}
+
+#[test]
+fn a_utc_offset_on_any_row_counts_and_times_without_one_are_utc() {
+    // Exposure is at 10:00 UTC. 11:00+02:00 is 09:00 UTC, before it: not counted.
+    // 09:30-01:00 is 10:30 UTC: counted. Zone-less 10:15 is UTC: counted.
+    let rows = "1,2026-10-01T11:00:00+02:00,100\n\
+                2,2026-10-01T09:30:00-01:00,20\n\
+                3,2026-10-01 10:15:00,3\n\
+                3,2026-10-01 09:59:59,1000\n";
+    for (name, leading) in [
+        ("offsets-first", String::new()),
+        // The offsets come after 30000 zone-less rows, where a sample would not see them.
+        ("offsets-late", filler(30_000, "2026-10-02 00:00:00")),
+    ] {
+        let facts = format!("user_id,ts,amount\n{leading}{rows}");
+        let status = status(&experiment(name, &facts, SUM_OF_AMOUNT));
+        assert_eq!(overall(&status, "control"), (3, 23.0, 0), "{name}");
+    }
+
+    // Exposure times with offsets: 12:00+02:00 is 10:00 UTC, so user 1's fact at 10:30
+    // UTC counts and user 4's exposure (12:00 UTC) comes after its fact at 11:00 UTC.
+    let dir = experiment(
+        "exposure-offsets",
+        "user_id,ts,amount\n1,2026-10-01T10:30:00Z,5\n4,2026-10-01T11:00:00Z,7\n",
+        SUM_OF_AMOUNT,
+    );
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n\
+         1,2026-10-01T12:00:00+02:00,control\n\
+         4,2026-10-01 12:00:00,treatment\n",
+    )
+    .unwrap();
+    let status = status(&dir);
+    assert_eq!(overall(&status, "control"), (1, 5.0, 0));
+    assert_eq!(overall(&status, "treatment"), (1, 0.0, 0));
+}
+
+#[test]
+fn text_times_in_parquet_honour_their_offsets() {
+    let dir = experiment("parquet-text-times", "", SUM_OF_AMOUNT);
+    let db = duckdb::Connection::open_in_memory().unwrap();
+    db.execute_batch(&format!(
+        "COPY (SELECT * FROM (VALUES
+            (1, '2026-10-01T11:00:00+02:00', 100.0),
+            (2, '2026-10-01T09:30:00-01:00', 20.0),
+            (3, '2026-10-01 10:15:00', 3.0)) t(user_id, ts, amount))
+         TO '{}' (FORMAT parquet)",
+        dir.join("facts.parquet").display()
+    ))
+    .unwrap();
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        manifests.replace("{files: facts.csv}", "{files: facts.parquet}"),
+    )
+    .unwrap();
+    let status = status(&dir);
+    assert_eq!(overall(&status, "control"), (3, 23.0, 0));
+}
+
+fn table(dir: &Path) -> String {
+    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(dir).ok();
+    output
+}
+
+#[test]
+fn the_table_warns_of_an_empty_control_and_of_an_empty_experiment() {
+    let facts = "user_id,ts,amount\n1,2026-10-02T00:00:00Z,1\n";
+    let dir = experiment("empty-control", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n4,2026-10-01T10:00:00Z,treatment\n",
+    )
+    .unwrap();
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        format!("{manifests}  exposureGroups: [control, treatment]\n"),
+    )
+    .unwrap();
+    let output = table(&dir);
+    assert!(
+        output.contains("warning: no entity in the control variant \"control\""),
+        "{output}"
+    );
+
+    // Every exposure falls before startTime.
+    let dir = experiment("empty-window", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n1,2026-09-01T10:00:00Z,control\n",
+    )
+    .unwrap();
+    let output = table(&dir);
+    assert!(
+        output.contains("warning: no entity was exposed in the exposure window"),
+        "{output}"
+    );
+}
+
+fn run_error(dir: &Path) -> String {
+    let error = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+        .expect_err("the calculation should fail");
+    std::fs::remove_dir_all(dir).ok();
+    error.to_string()
+}
+
+#[test]
+fn a_missing_column_or_file_is_reported_against_the_table_that_names_it() {
+    let facts = "user_id,ts,amount\n1,2026-10-02T00:00:00Z,1\n";
+    let dir = experiment("no-entity-column", facts, SUM_OF_AMOUNT);
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "uid,ts,variant\n1,2026-10-01T10:00:00Z,control\n",
+    )
+    .unwrap();
+    let message = run_error(&dir);
+    assert!(
+        message.contains(&format!(
+            "ExposureTable/exp: spec.entityColumn: column \"user_id\" not found in {}",
+            dir.join("exposures.csv").display()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("(columns: uid, ts, variant)"), "{message}");
+
+    let dir = experiment("no-measurement-column", "user_id,ts,value\n", SUM_OF_AMOUNT);
+    let message = run_error(&dir);
+    assert!(
+        message
+            .contains("FactTable/facts: spec.measurements[0].column: column \"amount\" not found"),
+        "{message}"
+    );
+
+    let dir = experiment("no-matching-file", facts, SUM_OF_AMOUNT);
+    let manifests = std::fs::read_to_string(dir.join("manifests.yaml")).unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        manifests.replace("{files: facts.csv}", "{files: \"missing-*.csv\"}"),
+    )
+    .unwrap();
+    let message = run_error(&dir);
+    assert!(
+        message.contains(&format!(
+            "FactTable/facts: spec.source.files: no file matches \"{}\"",
+            dir.join("missing-*.csv").display()
+        )),
+        "{message}"
+    );
+}
