@@ -251,6 +251,36 @@ async fn a_result_outlives_a_job_deleted_before_the_controller_read_it() {
 }
 
 #[tokio::test]
+async fn a_job_of_the_calculations_name_that_it_does_not_own_holds_it_pending() {
+    let cluster = example_cluster("job-name-taken").await;
+    // Left over from an earlier calculation of the same name: not this one's run.
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "checkout-revenue-1"},
+        "spec": {"suspend": true, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "c", "image": cluster.worker_image(), "command": ["true"]}]
+        }}}
+    }))
+    .unwrap();
+    let jobs: Api<Job> = cluster.api();
+    jobs.create(&Default::default(), &job).await.unwrap();
+    let _controller = cluster.start_controller();
+    let status = wait_for_state(&cluster, "checkout-revenue", "Pending", 60).await;
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["reason"], "JobNameTaken", "{status:#}");
+    assert!(status["metricResults"].is_null());
+    jobs.delete("checkout-revenue-1", &Default::default())
+        .await
+        .unwrap();
+    wait_for_state(&cluster, "checkout-revenue", "Completed", 120).await;
+}
+
+#[tokio::test]
 async fn cancel_during_running_stops_the_worker() {
     let cluster = example_cluster("cancel-running").await;
     // An exposure table whose query runs for a very long time.

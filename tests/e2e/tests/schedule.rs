@@ -565,3 +565,64 @@ async fn the_schedule_ends_at_its_end_time() {
         ["ending-0-0", "ending-0-1"]
     );
 }
+
+#[tokio::test]
+async fn a_calculation_of_a_runs_name_that_the_schedule_does_not_own_is_not_adopted() {
+    let foreign = r#"
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {name: taken-0-0, namespace: default}
+spec:
+  metric: live-revenue
+  exposureTable: live-exposures
+  startTime: "2026-01-01T00:00:00Z"
+  endTime: "2026-01-02T00:00:00Z"
+"#;
+    let s = setup_with(
+        "taken",
+        "live-revenue",
+        foreign,
+        "  scheduleIntervals: [2s]",
+    )
+    .await;
+    let _controller = ControllerProcess::start(&s.emulator);
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(s.client.clone(), "default");
+    let note = eventually(30, "a RunNameTaken Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("RunNameTaken")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("taken")
+            })
+            .and_then(|e| e.note)
+    })
+    .await;
+    assert!(note.contains("taken-0-0"), "{note}");
+    let status = schedule_status(&s.client, "taken").await;
+    assert!(status["latestCalculation"].is_null(), "{status:#}");
+    let calculation = get(&s.client, "MetricCalculation", "taken-0-0")
+        .await
+        .unwrap();
+    assert!(calculation["metadata"]["ownerReferences"].is_null());
+    // Once it is out of the way, the schedule makes its run under that name.
+    tally_api(&s.client, "MetricCalculation")
+        .delete("taken-0-0", &Default::default())
+        .await
+        .unwrap();
+    let made = eventually(30, "a run of the schedule", || async {
+        let made = names(&children(&s.client, "taken").await);
+        (!made.is_empty()).then_some(made)
+    })
+    .await;
+    let latest = eventually(30, "the run in status", || async {
+        let status = schedule_status(&s.client, "taken").await;
+        status["latestCalculation"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(made.contains(&latest), "{made:?} {latest}");
+}
