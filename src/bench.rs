@@ -10,7 +10,7 @@ use std::{fmt::Write as _, path::Path, time::Instant};
 
 use crate::api::DuckDbSettings;
 use crate::engine::{self, EngineError, duckdb::Session};
-use crate::plan::{self, CalculationPlan, Catalog};
+use crate::plan::{self, CalculationPlan, Catalog, quote_literal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -31,7 +31,7 @@ fn sql(statement: &str) -> Result<(), BenchError> {
 }
 
 fn quoted(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', "''"))
+    quote_literal(&path.display().to_string())
 }
 
 /// How the synthetic data names entities. DuckDB aggregates dense integer ids into a

@@ -1,6 +1,6 @@
 //! What the subcommands that need no cluster do: `run`, `sql`, `crds`.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -261,11 +261,7 @@ pub fn render_table(calculation: &MetricCalculation, status: &MetricCalculationS
         return out;
     };
     let control = spec.control();
-    let counts = analysis
-        .sample_ratio_mismatch
-        .as_ref()
-        .map(|s| s.counts.clone())
-        .unwrap_or_default();
+    let counts = entity_counts(analysis);
     let mut rows = vec![[
         "variant".to_string(),
         "entities".to_string(),
@@ -321,6 +317,15 @@ pub fn render_table(calculation: &MetricCalculation, status: &MetricCalculationS
 }
 
 /// Data-quality warnings worth a reader's attention.
+/// Entities per variant; an expected variant without any counts 0.
+fn entity_counts(analysis: &Analysis) -> BTreeMap<String, i64> {
+    analysis
+        .sample_ratio_mismatch
+        .as_ref()
+        .map(|s| s.counts.clone())
+        .unwrap_or_default()
+}
+
 pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(srm) = &analysis.sample_ratio_mismatch
@@ -337,11 +342,7 @@ pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
             analysis.multiple_variant_entities
         ));
     }
-    let counts = analysis
-        .sample_ratio_mismatch
-        .as_ref()
-        .map(|s| s.counts.clone())
-        .unwrap_or_default();
+    let counts = entity_counts(analysis);
     if counts.values().all(|n| *n == 0) {
         // Nothing else is worth saying: every figure is empty.
         out.push(

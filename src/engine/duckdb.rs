@@ -8,7 +8,7 @@ use std::sync::{
 use duckdb::{AccessMode, Config, Connection, types::ValueRef};
 
 use crate::api::DuckDbSettings;
-use crate::plan::{SourceCheck, SqlValue, check_statement};
+use crate::plan::{SourceCheck, SqlValue, check_statement, quote_literal};
 
 use super::{EngineError, Interrupt, QueryResult};
 
@@ -110,7 +110,7 @@ pub fn run(
     Session::open(settings)?.query(sql, on_start)
 }
 
-/// An open database. A calculation gets a fresh one (`run`); the benchmark keeps one
+/// An open database. A calculation gets a fresh one; the benchmark keeps one
 /// so that it times statements on a warm engine rather than the opening of a database.
 pub struct Session {
     connection: Connection,
@@ -138,8 +138,8 @@ impl Session {
                 if let Some(glob) = &check.files {
                     let matched = self.query(
                         &format!(
-                            "SELECT count(*) AS files FROM glob('{}')",
-                            glob.replace('\'', "''")
+                            "SELECT count(*) AS files FROM glob({})",
+                            quote_literal(glob)
                         ),
                         |_| {},
                     )?;

@@ -11,7 +11,7 @@
 //! dollar quoting (`$$…$$`, `$tag$…$tag$`, and with it `$1` parameters) and
 //! backslashes in escape strings (`E'…'`), whose ends it would otherwise misplace.
 
-/// What the scanner saw outside quoted text, with its byte offset.
+/// What the scanner saw outside quoted text.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mark {
     Open,
@@ -23,7 +23,7 @@ enum Mark {
 }
 
 /// The marks of `text` outside quoted text, or why it cannot be scanned safely.
-fn scan(text: &str) -> Result<Vec<(usize, Mark)>, &'static str> {
+fn scan(text: &str) -> Result<Vec<Mark>, &'static str> {
     let bytes = text.as_bytes();
     let mut marks = Vec::new();
     let mut i = 0;
@@ -35,11 +35,11 @@ fn scan(text: &str) -> Result<Vec<(usize, Mark)>, &'static str> {
                 // where a backslash escapes the next character (a quote included).
                 // Without backslashes both readings end at the same quote.
                 let escape = i > 0 && matches!(bytes[i - 1], b'e' | b'E');
-                marks.push((i, Mark::Code));
+                marks.push(Mark::Code);
                 i = quoted_end(bytes, i, b'\'', escape)?;
             }
             b'"' | b'`' => {
-                marks.push((i, Mark::Code));
+                marks.push(Mark::Code);
                 i = quoted_end(bytes, i, c, false)?;
             }
             b'$' => {
@@ -48,7 +48,7 @@ fn scan(text: &str) -> Result<Vec<(usize, Mark)>, &'static str> {
                 );
             }
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                marks.push((i, Mark::Comment));
+                marks.push(Mark::Comment);
                 // To the end of the line (DuckDB ends it at \n or \r).
                 i += 2;
                 while i < bytes.len() && !matches!(bytes[i], b'\n' | b'\r') {
@@ -56,7 +56,7 @@ fn scan(text: &str) -> Result<Vec<(usize, Mark)>, &'static str> {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                marks.push((i, Mark::Comment));
+                marks.push(Mark::Comment);
                 // Block comments nest.
                 let mut depth = 1;
                 i += 2;
@@ -76,11 +76,11 @@ fn scan(text: &str) -> Result<Vec<(usize, Mark)>, &'static str> {
                 }
                 continue;
             }
-            b'(' => marks.push((i, Mark::Open)),
-            b')' => marks.push((i, Mark::Close)),
-            b';' => marks.push((i, Mark::Semicolon)),
+            b'(' => marks.push(Mark::Open),
+            b')' => marks.push(Mark::Close),
+            b';' => marks.push(Mark::Semicolon),
             c if c.is_ascii_whitespace() => {}
-            _ => marks.push((i, Mark::Code)),
+            _ => marks.push(Mark::Code),
         }
         i += 1;
     }
@@ -122,7 +122,7 @@ pub fn check_fragment(text: &str) -> Result<(), &'static str> {
         return Err("is empty");
     }
     let mut depth: i64 = 0;
-    for (_, mark) in scan(text)? {
+    for mark in scan(text)? {
         match mark {
             Mark::Open => depth += 1,
             Mark::Close => {
@@ -150,7 +150,7 @@ pub fn check_statement(sql: &str) -> Result<(), &'static str> {
     let marks = scan(sql)?;
     let mut statement = false;
     let mut ended = false;
-    for (_, mark) in marks {
+    for mark in marks {
         match mark {
             Mark::Comment => {}
             // One trailing ';' is allowed, then nothing but blanks and comments.

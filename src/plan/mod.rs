@@ -21,6 +21,7 @@ pub use catalog::Catalog;
 pub use fragment::check_statement;
 pub use resolve::{ResolvedCalculation, Source, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};
+pub use sql::quote_literal;
 
 /// A resource that failed to resolve, and how to fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -19,8 +19,7 @@ pub struct ResolvedCalculation {
     /// `[value]` for an average, `[numerator, denominator]` for a ratio.
     pub measures: Vec<Measure>,
     pub window_offset: SignedDuration,
-    pub window_length: Option<SignedDuration>,
-    /// `window_offset + window_length`, for a closed window.
+    /// Where a closed window ends (its offset plus its length); `None` when open.
     pub window_end: Option<SignedDuration>,
     pub pre_exposure_window: Option<SignedDuration>,
     pub dimensions: Vec<Dimension>,
@@ -560,45 +559,36 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                let from = DimensionFrom::Table {
-                    source: source(&table_ref, &table.spec.source, engine.engine)?,
-                    entity: column(
-                        &table_ref,
-                        "spec.entityColumn".into(),
-                        &table.spec.entity_column,
-                    )?,
-                    column: column(
-                        &table_ref,
-                        format!("spec.dimensions[{index}].column"),
-                        declared.column(),
-                    )?,
-                    timestamp: table
-                        .spec
-                        .timestamp_column
-                        .as_deref()
-                        .map(|c| column(&table_ref, "spec.timestampColumn".into(), c))
-                        .transpose()?,
-                };
-                if let DimensionFrom::Table {
-                    source,
-                    entity,
-                    column,
-                    timestamp,
-                } = &from
-                {
-                    let dimension_field = format!("spec.dimensions[{index}].column");
-                    let mut columns = vec![
-                        ("spec.entityColumn", entity.as_str()),
-                        (dimension_field.as_str(), column.as_str()),
-                    ];
-                    if let Some(timestamp) = timestamp {
-                        columns.push(("spec.timestampColumn", timestamp.as_str()));
-                    }
-                    for (field, column) in columns {
-                        note(&mut source_columns, &table_ref, source, field, column);
+                let table_source = source(&table_ref, &table.spec.source, engine.engine)?;
+                let entity = column(
+                    &table_ref,
+                    "spec.entityColumn".into(),
+                    &table.spec.entity_column,
+                )?;
+                let dimension_field = format!("spec.dimensions[{index}].column");
+                let dimension = column(&table_ref, dimension_field.clone(), declared.column())?;
+                let timestamp = table
+                    .spec
+                    .timestamp_column
+                    .as_deref()
+                    .map(|c| column(&table_ref, "spec.timestampColumn".into(), c))
+                    .transpose()?;
+                let read = [
+                    ("spec.entityColumn", Some(&entity)),
+                    (dimension_field.as_str(), Some(&dimension)),
+                    ("spec.timestampColumn", timestamp.as_ref()),
+                ];
+                for (field, read) in read {
+                    if let Some(read) = read {
+                        note(&mut source_columns, &table_ref, &table_source, field, read);
                     }
                 }
-                from
+                DimensionFrom::Table {
+                    source: table_source,
+                    entity,
+                    column: dimension,
+                    timestamp,
+                }
             }
             None => {
                 let (index, declared) = e
@@ -661,7 +651,6 @@ pub fn resolve(
         fact_reads,
         measures,
         window_offset,
-        window_length,
         window_end,
         pre_exposure_window,
         dimensions,
