@@ -180,7 +180,7 @@ async fn job_result(
         return Ok(None);
     };
     if let Some(owner) = owner
-        && !config_map.owner_references().iter().any(|r| r.uid == owner)
+        && !owned_by(&config_map, owner)
     {
         return Ok(None);
     }
@@ -217,7 +217,7 @@ async fn job_state(
     };
     // A Job of an earlier object of the same name must not be read as this one's run.
     if let Some(owner) = owner
-        && !job.owner_references().iter().any(|r| r.uid == owner)
+        && !owned_by(&job, owner)
     {
         return Ok(JobState::Foreign);
     }
@@ -292,6 +292,23 @@ fn merge_diff(old: &Value, new: &Value) -> Value {
     }
 }
 
+/// [`status_patch`] that applies only over the observed version of `object`: a
+/// reconcile of a stale copy gets a conflict and runs again on the fresh one.
+fn status_patch_over<K, S>(object: &K, old: Option<&S>, new: &S) -> Value
+where
+    K: Resource,
+    S: serde::Serialize + schemars::JsonSchema,
+{
+    let mut patch = status_patch(old, new);
+    patch["metadata"] = serde_json::json!({ "resourceVersion": object.resource_version() });
+    patch
+}
+
+/// Whether the object with `uid` is among `object`'s owners.
+fn owned_by(object: &impl Resource, uid: &str) -> bool {
+    object.owner_references().iter().any(|r| r.uid == uid)
+}
+
 /// A merge patch that replaces the whole status with `new`. Nested objects are diffed
 /// against the observed status, and every top-level field of the schema that `new`
 /// lacks is nulled too, in case the observed status is stale.
@@ -354,7 +371,7 @@ async fn reconcile(
     let actions = decide(&observed);
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut retry_later = false;
+    let mut state = observed.status.state;
     for action in actions {
         match action {
             Action::CreateJob(plan) => {
@@ -380,15 +397,8 @@ async fn reconcile(
                 }
             }
             Action::SetStatus(status) => {
-                retry_later = matches!(
-                    status.state,
-                    Some(CalculationState::Waiting | CalculationState::Pending)
-                );
-                // Only over the status this decision saw: a reconcile of a stale copy
-                // gets a conflict and runs again on the fresh one.
-                let mut patch = status_patch(calculation.status.as_ref(), &*status);
-                patch["metadata"] =
-                    serde_json::json!({ "resourceVersion": calculation.resource_version() });
+                state = status.state;
+                let patch = status_patch_over(&*calculation, calculation.status.as_ref(), &*status);
                 calculations
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
@@ -404,16 +414,20 @@ async fn reconcile(
             }
         }
     }
-    // Watches bring Job and reference changes; time-based data readiness needs a timer,
-    // and so does a reference that the caches may learn of after the change that
-    // triggered this reconcile.
-    let pending = observed.status.state == Some(CalculationState::Pending)
-        || matches!(observed.plan, Err(plan::PlanError::MissingReference { .. }));
-    Ok(if retry_later || pending || observed.waiting.is_some() {
-        Requeue::requeue(Duration::from_secs(30))
-    } else {
-        Requeue::await_change()
-    })
+    // Watches bring Job and reference changes. Data readiness by assumed lag needs a
+    // timer, and so does a Pending calculation: the caches may learn of a reference
+    // after the change that triggered this reconcile, and a Job in the way of its name
+    // is not watched.
+    Ok(
+        if matches!(
+            state,
+            Some(CalculationState::Waiting | CalculationState::Pending)
+        ) {
+            Requeue::requeue(Duration::from_secs(30))
+        } else {
+            Requeue::await_change()
+        },
+    )
 }
 
 /// The schedule that made the calculation: its controlling owner, and what the

@@ -21,7 +21,7 @@ use super::schedule_decide::{
     Child, DEFAULT_FAILED_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT, NewRun, ScheduleAction,
     ScheduleObserved, decide_schedule,
 };
-use super::{Context, ControllerError, status_patch};
+use super::{Context, ControllerError, owned_by, status_patch_over};
 use crate::api::{
     CANCEL_ANNOTATION, DEFINITION_ANNOTATION, MetricCalculation, MetricCalculationSpec,
     RESUME_ANNOTATION, RETRIGGER_ANNOTATION, RETRIGGERED_BY_ANNOTATION,
@@ -223,10 +223,7 @@ pub async fn reconcile(
     for action in decision.actions {
         match action {
             ScheduleAction::SetStatus(status) => {
-                // Only over the status this decision saw: a reconcile of a stale copy
-                // gets a conflict and runs again on the fresh one.
-                let mut patch = status_patch(schedule.status.as_ref(), &*status);
-                patch["metadata"] = json!({ "resourceVersion": schedule.resource_version() });
+                let patch = status_patch_over(&*schedule, schedule.status.as_ref(), &*status);
                 schedules
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
@@ -247,13 +244,8 @@ pub async fn reconcile(
                     // name that is not this schedule's is not its run.
                     Err(kube::Error::Api(e)) if e.code == 409 => {
                         let existing = calculations.get_opt(&run.name).await?;
-                        let ours = |c: &MetricCalculation| {
-                            c.owner_references()
-                                .iter()
-                                .any(|o| Some(&o.uid) == uid.as_ref())
-                        };
                         match existing {
-                            Some(c) if ours(&c) => {}
+                            Some(c) if uid.as_deref().is_some_and(|uid| owned_by(&c, uid)) => {}
                             Some(_) => {
                                 let note = format!(
                                     "MetricCalculation {} exists and does not belong to this \
