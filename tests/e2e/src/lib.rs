@@ -356,3 +356,11 @@ pub fn kubernetes_validate(objects: &[Value], version: Option<&str>) -> bool {
     );
     true
 }
+
+/// The condition of `type_` in a status, or null when it has none.
+pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}

@@ -10,7 +10,7 @@ use kube::{
     api::{DynamicObject, ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use tally_e2e::{TestCluster, assert_close, example, patience, printed_status};
+use tally_e2e::{TestCluster, assert_close, condition, example, patience, printed_status};
 
 fn calculations(cluster: &TestCluster) -> Api<DynamicObject> {
     cluster.tally_api("MetricCalculation")
@@ -87,13 +87,7 @@ async fn calculations_complete_survive_restarts_and_rerun_on_spec_change() {
     assert_eq!(completed["sqlJob"], "checkout-conversion-1");
     assert!(completed["sql"].as_str().unwrap().starts_with("WITH"));
     assert!(completed["completionTime"].is_string());
-    let ready = completed["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap();
-    assert_eq!(ready["status"], "True");
+    assert_eq!(condition(&completed, "Ready")["status"], "True");
     let events: Api<k8s_openapi::api::events::v1::Event> = cluster.api();
     let reasons: Vec<String> = events
         .list(&ListParams::default())
@@ -190,10 +184,8 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
     let deadline = Instant::now() + patience(30);
     loop {
         let s = status(&cluster, "checkout-conversion").await;
-        let ready = s["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned());
-        if let Some(ready) = ready {
+        let ready = condition(&s, "Ready");
+        if !ready.is_null() {
             assert_eq!(ready["status"], "False");
             assert_eq!(ready["reason"], "MissingReference");
             assert!(
@@ -266,13 +258,11 @@ async fn a_job_of_the_calculations_name_that_it_does_not_own_holds_it_pending() 
     jobs.create(&Default::default(), &job).await.unwrap();
     let _controller = cluster.start_controller();
     let status = wait_for_state(&cluster, "checkout-revenue", "Pending", 60).await;
-    let ready = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap();
-    assert_eq!(ready["reason"], "JobNameTaken", "{status:#}");
+    assert_eq!(
+        condition(&status, "Ready")["reason"],
+        "JobNameTaken",
+        "{status:#}"
+    );
     assert!(status["metricResults"].is_null());
     jobs.delete("checkout-revenue-1", &Default::default())
         .await
@@ -370,13 +360,7 @@ async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
         .unwrap();
     let controller = cluster.start_controller();
     let waiting = wait_for_state(&cluster, "checkout-conversion", "Waiting", 30).await;
-    let condition = waiting["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Waiting")
-        .unwrap()
-        .clone();
+    let condition = condition(&waiting, "Waiting");
     assert_eq!(condition["status"], "True");
     let message = condition["message"].as_str().unwrap();
     assert!(
@@ -421,13 +405,7 @@ async fn a_failing_worker_fails_the_calculation_with_its_reason() {
     let failed = wait_for_state(&cluster, "checkout-conversion", "Failed", 120).await;
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("purchases-missing.csv.gz"), "{error}");
-    let condition = failed["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Failed")
-        .unwrap()
-        .clone();
+    let condition = condition(&failed, "Failed");
     assert_eq!(
         (condition["status"].as_str(), condition["reason"].as_str()),
         (Some("True"), Some("WorkerFailed"))

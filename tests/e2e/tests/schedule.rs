@@ -9,7 +9,7 @@ use std::{
 use jiff::{SignedDuration, Timestamp};
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use tally_e2e::{ControllerProcess, tally_api, tally_bin, tally_cli};
+use tally_e2e::{ControllerProcess, condition, tally_api, tally_bin, tally_cli};
 
 /// Entities exposed per second of generated data.
 const PER_SECOND: usize = 4;
@@ -220,13 +220,6 @@ fn stats<'a>(calculation: &'a Value, variant: &str) -> &'a Value {
         .find(|b| b["variant"] == variant && b["dimensions"].as_array().is_none_or(Vec::is_empty))
         .map(|b| &b["summaryStats"]["averageSummaryStats"])
         .unwrap_or_else(|| panic!("no {variant} bucket"))
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&Value::Null)
 }
 
 #[tokio::test]
