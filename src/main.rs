@@ -1,4 +1,4 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +72,8 @@ enum Command {
         concurrency: u16,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        #[command(flatten)]
+        election: ElectionArgs,
     },
     /// Cancel a calculation or a schedule (sets tally.dev/cancel): `mc/NAME` or `smc/NAME`.
     Cancel {
@@ -101,6 +103,25 @@ enum Command {
     },
 }
 
+/// Leader election, so that several replicas of the controller can run.
+#[derive(clap::Args)]
+struct ElectionArgs {
+    /// Reconcile only while holding the leader election Lease; without it, exactly one
+    /// controller may run against a cluster.
+    #[arg(long)]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "tally-controller")]
+    leader_election_lease: String,
+    /// The Lease's namespace (default: the Pod's, else the kubeconfig context's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Seconds a leader's Lease stays valid unrenewed: how long the other replicas
+    /// wait after a leader dies without releasing it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    leader_election_lease_duration: u64,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -121,12 +142,14 @@ fn main() -> ExitCode {
             worker_service_account,
             concurrency,
             log_format,
+            election,
         } => {
             return controller(
                 worker_image,
                 worker_service_account,
                 concurrency,
                 log_format,
+                election,
             );
         }
         Command::Cancel { target, namespace } => {
@@ -205,6 +228,7 @@ fn controller(
     service_account: Option<String>,
     concurrency: u16,
     format: LogFormat,
+    election: ElectionArgs,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -232,7 +256,28 @@ fn controller(
         }
         defaults.service_account_name = service_account;
         tracing::info!(worker_image = %defaults.image, "tally controller starting");
-        tally::controller::run(client, defaults, concurrency).await;
+        if election.leader_elect {
+            let election = tally::controller::leader::Election {
+                namespace: election
+                    .leader_election_namespace
+                    .unwrap_or_else(|| client.default_namespace().to_string()),
+                lease: election.leader_election_lease,
+                identity: tally::controller::leader::identity(
+                    &std::env::var("POD_NAME")
+                        .or_else(|_| std::env::var("HOSTNAME"))
+                        .unwrap_or_else(|_| "tally-controller".to_string()),
+                ),
+                lease_duration: Duration::from_secs(election.leader_election_lease_duration),
+            };
+            if let Err(error) =
+                tally::controller::run_elected(client, defaults, concurrency, election).await
+            {
+                tracing::error!(%error, "tally controller stopped");
+                return ExitCode::FAILURE;
+            }
+        } else {
+            tally::controller::run(client, defaults, concurrency).await;
+        }
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS
     });

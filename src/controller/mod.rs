@@ -10,6 +10,7 @@ mod conditions;
 mod decide;
 mod events;
 mod job;
+pub mod leader;
 mod names;
 mod readiness;
 mod schedule;
@@ -593,6 +594,36 @@ async fn drive<K, F>(
             }
         })
         .await;
+}
+
+/// Runs the controllers while this process leads `election`, until SIGTERM or SIGINT
+/// (then the Lease is released for the next leader) or until leadership is lost (an
+/// error: the process must exit, so that a new candidate starts from a clean state).
+pub async fn run_elected(
+    client: Client,
+    defaults: JobDefaults,
+    concurrency: u16,
+    election: leader::Election,
+) -> Result<(), leader::LeaderError> {
+    let mut elector = leader::Elector::new(client.clone(), election);
+    tokio::select! {
+        () = elector.acquire() => {}
+        () = stop_requested() => {
+            tracing::info!("stopped before becoming the leader");
+            return Ok(());
+        }
+    }
+    tracing::info!(
+        identity = %elector.election().identity,
+        lease = %elector.election().lease,
+        "became the leader"
+    );
+    tokio::select! {
+        () = run(client, defaults, concurrency) => {}
+        lost = elector.keep() => return Err(lost),
+    }
+    elector.release().await;
+    Ok(())
 }
 
 /// Runs the calculation and schedule controllers until SIGTERM or SIGINT.

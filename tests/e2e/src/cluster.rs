@@ -377,15 +377,23 @@ impl TestCluster {
     /// Starts `tally controller` (a local process) against this cluster, with this
     /// cluster's worker image and ServiceAccount.
     pub fn start_controller(&self) -> crate::ControllerProcess {
-        crate::ControllerProcess::start_with(
-            &self.kubeconfig,
-            &[
-                "--worker-image",
-                &self.worker_image,
-                "--worker-service-account",
-                WORKER_SERVICE_ACCOUNT,
-            ],
-        )
+        self.start_controller_with(&[], &[])
+    }
+
+    /// [`Self::start_controller`] with more arguments and environment variables.
+    pub fn start_controller_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> crate::ControllerProcess {
+        let mut all = vec![
+            "--worker-image",
+            &self.worker_image,
+            "--worker-service-account",
+            WORKER_SERVICE_ACCOUNT,
+        ];
+        all.extend_from_slice(args);
+        crate::ControllerProcess::start_with_env(&self.kubeconfig, &all, env)
     }
 
     /// Runs `tally ARGS` (e.g. `cancel mc/NAME -n NAMESPACE`) against this cluster and

@@ -6,6 +6,7 @@
 //! on the emulator either way.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 
 pub mod cluster;
 pub use cluster::{TestCluster, patience, real_cluster_kubeconfig};
@@ -184,14 +185,44 @@ impl ControllerProcess {
 
     /// `tally controller ARGS` against the cluster of `kubeconfig`.
     pub fn start_with(kubeconfig: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, args, &[])
+    }
+
+    /// `tally controller ARGS` against the cluster of `kubeconfig`, with more
+    /// environment variables (e.g. the `POD_NAME` of a replica).
+    pub fn start_with_env(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let child = std::process::Command::new(tally_bin())
             .arg("controller")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .expect("the controller starts");
         Self(child)
+    }
+
+    /// Its exit status, once it exited within `timeout`.
+    pub async fn exit_within(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("the controller can be waited on") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as the kubelet does to a Pod being deleted.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
     }
 }
 

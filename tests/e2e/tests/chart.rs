@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Pod, events::v1::Event};
+use k8s_openapi::api::{
+    apps::v1::Deployment, batch::v1::Job, coordination::v1::Lease, core::v1::Pod, events::v1::Event,
+};
 use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
 use tally_e2e::{TestCluster, assert_close, chart_dir, patience, printed_status};
@@ -146,6 +148,8 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "CustomResourceDefinition /scheduledmetriccalculations.tally.dev",
             "CustomResourceDefinition /warehouses.tally.dev",
             "Deployment tally-system/tally-controller",
+            "Role tally-system/tally-controller",
+            "RoleBinding tally-system/tally-controller",
             "RoleBinding tally-system/tally-worker",
             "ServiceAccount tally-system/tally-controller",
             "ServiceAccount tally-system/tally-worker",
@@ -195,9 +199,28 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         json!([{"kind": "ServiceAccount", "name": "tally-worker", "namespace": "tally-system"}])
     );
 
+    // Leader election: the Lease in the release namespace, and nothing else there.
+    assert_eq!(
+        rules(find(&objects, "Role", "tally-controller")),
+        ["coordination.k8s.io/leases: create,get,update"]
+    );
+    let election_binding = find(&objects, "RoleBinding", "tally-controller");
+    assert_eq!(
+        (
+            &election_binding["roleRef"]["kind"],
+            &election_binding["roleRef"]["name"]
+        ),
+        (&json!("Role"), &json!("tally-controller"))
+    );
+    assert_eq!(
+        election_binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "tally-controller", "namespace": "tally-system"}])
+    );
+
+    // Replicas elect a leader, so an update may start the new Pod before the old stops.
     let deployment = find(&objects, "Deployment", "tally-controller");
     assert_eq!(deployment["spec"]["replicas"], 1);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "tally-controller");
     let image = format!("ghcr.io/tally-dev/tally:{}", app_version());
@@ -212,18 +235,28 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "--worker-service-account=tally-worker",
             "--log-format=json",
             "--concurrency=32",
+            "--leader-elect",
+            "--leader-election-lease=tally-controller",
+            "--leader-election-lease-duration=15",
         ]
     );
-    let pod_name = controller["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "POD_NAME")
-        .expect("POD_NAME for the Event reporter");
-    assert_eq!(
-        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.name"
-    );
+    // The Event reporter's instance and leader election identity, and the Lease's
+    // namespace, from the downward API.
+    for (variable, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let env = controller["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == variable)
+            .unwrap_or_else(|| panic!("{variable} in the controller's environment"));
+        assert_eq!(
+            env["valueFrom"]["fieldRef"]["fieldPath"], field,
+            "{variable}"
+        );
+    }
     // The restricted Pod Security Standard.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
@@ -249,6 +282,8 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         "logFormat": "text",
         "logLevel": "debug",
         "concurrency": 8,
+        "replicas": 2,
+        "leaderElection": {"leaseDuration": 30},
         "extraArgs": ["--example=1"],
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
@@ -284,9 +319,13 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--worker-service-account=calculations",
             "--log-format=text",
             "--concurrency=8",
+            "--leader-elect",
+            "--leader-election-lease=metrics-controller",
+            "--leader-election-lease-duration=30",
             "--example=1",
         ]
     );
+    assert_eq!(deployment["spec"]["replicas"], 2);
     let env = &controller["env"];
     assert!(
         env.as_array()
@@ -332,10 +371,13 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
     }
     let bound: Vec<&str> = objects
         .iter()
-        .filter(|o| o["kind"] == "RoleBinding")
+        .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["name"] == "metrics-worker")
         .map(|o| o["metadata"]["namespace"].as_str().unwrap())
         .collect();
     assert_eq!(bound, ["analytics", "growth"]);
+    // The leader election Lease stays in the release namespace.
+    let election = find(&objects, "RoleBinding", "metrics-controller");
+    assert_eq!(election["metadata"]["namespace"], "tally-system");
 }
 
 #[test]
@@ -353,7 +395,7 @@ fn without_rbac_and_accounts_the_chart_creates_neither() {
         .filter(|k| *k != "CustomResourceDefinition")
         .collect();
     assert_eq!(kinds, ["Deployment"]);
-    let deployment = &objects[objects.len() - 1];
+    let deployment = find(&objects, "Deployment", "tally-controller");
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         "existing"
@@ -376,6 +418,10 @@ fn the_values_schema_rejects_mistakes() {
         (json!({"workers": {"namespaces": ["a"]}}), "workers"),
         (json!({"image": {"pullPolicy": "Sometimes"}}), "pullPolicy"),
         (json!({"concurrency": 0}), "concurrency"),
+        (
+            json!({"leaderElection": {"leaseDuration": 1}}),
+            "leaseDuration",
+        ),
     ] {
         let Some(output) = tally_e2e::helm(&[
             "template",
@@ -571,5 +617,19 @@ async fn helm_install_runs_the_controller_that_completes_calculations() {
             .iter()
             .all(|i| i.as_deref() == Some(controller_pod.as_str())),
         "{instances:?} should all be {controller_pod}"
+    );
+    // The controller leads through the chart's Lease, in the release namespace.
+    let lease = cluster
+        .api::<Lease>()
+        .get(&controller_name)
+        .await
+        .expect("the leader election Lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.starts_with(&format!("{controller_pod}_")),
+        "{holder} should be the controller Pod {controller_pod}"
     );
 }
