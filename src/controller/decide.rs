@@ -45,7 +45,16 @@ pub struct Observed {
     pub job_name: String,
     pub job: JobState,
     pub origin: Option<ScheduleOrigin>,
+    /// The ServiceAccount the Job would run as, when it does not exist in the
+    /// calculation's namespace (looked up only before a Job is created).
+    pub missing_service_account: Option<MissingServiceAccount>,
     pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissingServiceAccount {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -367,6 +376,27 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         }
         return actions;
     }
+    if let Some(account) = &o.missing_service_account {
+        // Its Pods could not be created: the Job would sit until its deadline.
+        let message = format!(
+            "calculation Jobs run as the ServiceAccount {name}, which does not exist in \
+             namespace {namespace}: add {namespace} to the chart's worker.namespaces (or \
+             create the account with the worker's permissions), or set the Warehouse's \
+             job.serviceAccountName to an account of {namespace}",
+            name = account.name,
+            namespace = account.namespace,
+        );
+        let status = transition(
+            o,
+            CalculationState::Pending,
+            "ServiceAccountMissing",
+            &message,
+        );
+        if status != o.status {
+            actions.extend([set(status), warning("ServiceAccountMissing", message)]);
+        }
+        return actions;
+    }
     let mut status = running(o, Some(plan));
     status.start_time = Some(Time(o.now));
     status.completion_time = None;
@@ -439,6 +469,7 @@ mod tests {
             job_name: "calc-1".into(),
             job,
             origin: None,
+            missing_service_account: None,
             now: "2026-11-23T00:00:00Z".parse().unwrap(),
         }
     }
@@ -741,6 +772,44 @@ mod tests {
                 _ => None,
             })
             .expect("a status")
+    }
+
+    #[test]
+    fn a_missing_worker_service_account_holds_the_calculation_pending_without_a_job() {
+        let mut o = observed(None, None, JobState::Missing);
+        o.missing_service_account = Some(MissingServiceAccount {
+            namespace: "growth".into(),
+            name: "tally-worker".into(),
+        });
+        let actions = decide(&o);
+        assert_eq!(summary(&actions), (Some(Pending), false, false));
+        let status = status_of(&actions);
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.reason == "ServiceAccountMissing")
+            .expect("a ServiceAccountMissing condition");
+        assert!(
+            ready.message.contains("tally-worker")
+                && ready.message.contains("namespace growth")
+                && ready.message.contains("worker.namespaces"),
+            "{}",
+            ready.message
+        );
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Event {
+                warning: true,
+                reason: "ServiceAccountMissing",
+                ..
+            }
+        )));
+        // Reported once; created once the account exists.
+        let mut again = o.clone();
+        again.status = status.clone();
+        assert!(decide(&again).is_empty());
+        again.missing_service_account = None;
+        assert_eq!(summary(&decide(&again)), (Some(Running), true, false));
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub fn job_name(calculation: &str, generation: i64) -> String {
     super::names::bounded(calculation, &format!("-{generation}"), 63)
 }
 
+/// The ServiceAccount a calculation Job runs as: its Warehouse's, else the
+/// controller's default; `None` is the namespace's `default` account.
+pub fn service_account(settings: &JobSettings, defaults: &JobDefaults) -> Option<String> {
+    settings
+        .service_account_name
+        .clone()
+        .or_else(|| defaults.service_account_name.clone())
+}
+
 pub fn build_job(
     calculation: &MetricCalculation,
     plan: &CalculationPlan,
@@ -135,10 +144,7 @@ pub fn build_job(
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    service_account_name: settings
-                        .service_account_name
-                        .clone()
-                        .or_else(|| defaults.service_account_name.clone()),
+                    service_account_name: service_account(settings, defaults),
                     containers: vec![container],
                     volumes: (!settings.volumes.is_empty()).then(|| settings.volumes.clone()),
                     node_selector: (!settings.node_selector.is_empty())

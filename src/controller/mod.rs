@@ -22,7 +22,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{ConfigMap, Pod},
+    core::v1::{ConfigMap, Pod, ServiceAccount},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -36,7 +36,7 @@ use kube::{
 };
 use serde_json::Value;
 
-pub use decide::{Action, JobState, Observed, ScheduleOrigin, decide};
+pub use decide::{Action, JobState, MissingServiceAccount, Observed, ScheduleOrigin, decide};
 pub use readiness::DataWait;
 
 use backoff::Backoff;
@@ -367,16 +367,33 @@ async fn reconcile(
         job_name: job_name.clone(),
         job,
         origin: schedule_origin(&calculation),
+        missing_service_account: None,
         now,
     };
-    let actions = decide(&observed);
+    let mut actions = decide(&observed);
+    // The account is looked up only when a Job is to be created: most reconciles
+    // create none.
+    let warehouse = plan_warehouse(&calculation, &catalog);
+    if actions.iter().any(|a| matches!(a, Action::CreateJob(_)))
+        && let Some(name) = job::service_account(&warehouse, &ctx.defaults)
+    {
+        let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+        if accounts.get_opt(&name).await?.is_none() {
+            actions = decide(&Observed {
+                missing_service_account: Some(MissingServiceAccount {
+                    namespace: namespace.clone(),
+                    name,
+                }),
+                ..observed.clone()
+            });
+        }
+    }
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut state = observed.status.state;
     for action in actions {
         match action {
             Action::CreateJob(plan) => {
-                let warehouse = plan_warehouse(&calculation, &catalog);
                 let Some(job) = build_job(&calculation, &plan, &warehouse, &ctx.defaults) else {
                     continue;
                 };

@@ -162,6 +162,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         [
             "/configmaps: get",
             "/pods: list",
+            "/serviceaccounts: get",
             "batch/jobs: create,delete,get,list,watch",
             "events.k8s.io/events: create,patch",
             "tally.dev/dimensiontables: list,watch",

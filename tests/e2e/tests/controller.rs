@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Pod, ServiceAccount},
+};
 use kube::{
     Api,
     api::{DynamicObject, ListParams, Patch, PatchParams},
@@ -265,6 +268,42 @@ async fn a_job_of_the_calculations_name_that_it_does_not_own_holds_it_pending() 
     );
     assert!(status["metricResults"].is_null());
     jobs.delete("checkout-revenue-1", &Default::default())
+        .await
+        .unwrap();
+    wait_for_state(&cluster, "checkout-revenue", "Completed", 120).await;
+}
+
+#[tokio::test]
+async fn a_missing_worker_service_account_holds_calculations_pending_until_it_exists() {
+    let cluster = TestCluster::start("service-account-missing").await;
+    // A namespace the worker's account was never set up in.
+    let accounts: Api<ServiceAccount> = cluster.api();
+    accounts
+        .delete(cluster.worker_service_account(), &Default::default())
+        .await
+        .unwrap();
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    let _controller = cluster.start_controller();
+    let status = wait_for_state(&cluster, "checkout-revenue", "Pending", 60).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["reason"], "ServiceAccountMissing", "{status:#}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains(cluster.worker_service_account()),
+        "{status:#}"
+    );
+    assert!(
+        calculation_jobs(&cluster).await.is_empty(),
+        "no Job whose Pods could not be created"
+    );
+    let account: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": cluster.worker_service_account()}
+    }))
+    .unwrap();
+    accounts
+        .create(&Default::default(), &account)
         .await
         .unwrap();
     wait_for_state(&cluster, "checkout-revenue", "Completed", 120).await;
