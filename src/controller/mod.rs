@@ -46,7 +46,7 @@ pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
 use crate::api::{
     CANCEL_ANNOTATION, CalculationState, DimensionTable, ExposureTable, FactTable, JobSettings,
     Metric, MetricCalculation, SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL,
-    SUPERSEEDS_ANNOTATION, ScheduledMetricCalculation, Warehouse,
+    SUPERSEEDS_ANNOTATION, ScheduleState, ScheduledMetricCalculation, Warehouse,
 };
 use crate::plan::{self, Catalog};
 use crate::result::CalculationResult;
@@ -524,15 +524,20 @@ where
 }
 
 /// Adds watches on everything a calculation can refer to: a change to one
-/// re-reconciles the objects of its namespace (few per namespace; resolution decides
-/// which are affected).
-fn watch_references<K: Watched>(controller: Controller<K>, client: &Client) -> Controller<K> {
+/// re-reconciles the objects of its namespace (resolution decides which are
+/// affected) that are not `settled`: a finished calculation only runs again when its
+/// own spec changes, and there may be thousands of them in a namespace with schedules.
+fn watch_references<K: Watched>(
+    controller: Controller<K>,
+    client: &Client,
+    settled: fn(&K) -> bool,
+) -> Controller<K> {
     let store = controller.store();
     let same_namespace = move |namespace: Option<String>| {
         store
             .state()
             .into_iter()
-            .filter(|c| c.namespace() == namespace)
+            .filter(|c| c.namespace() == namespace && !settled(c))
             .map(|c| ObjectRef::from_obj(&*c))
             .collect::<Vec<_>>()
     };
@@ -577,6 +582,7 @@ fn controller_of<K: Watched, Child: Watched>(
     client: &Client,
     child_label: &str,
     concurrency: u16,
+    settled: fn(&K) -> bool,
 ) -> Controller<K> {
     let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
         .owns(
@@ -586,7 +592,25 @@ fn controller_of<K: Watched, Child: Watched>(
         // At most `concurrency` reconciles at once: unbounded, a burst of thousands of
         // new objects holds a request, its buffers and a resolved catalog for each.
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    watch_references(controller, client)
+    watch_references(controller, client, settled)
+}
+
+/// A calculation that finished its current generation: what it refers to no longer
+/// matters to it.
+fn calculation_settled(calculation: &MetricCalculation) -> bool {
+    calculation.status.as_ref().is_some_and(|s| {
+        s.state.is_some_and(CalculationState::is_terminal)
+            && s.observed_generation == calculation.metadata.generation
+    })
+}
+
+/// A cancelled schedule makes no more runs until it is resumed (an annotation on the
+/// schedule itself).
+fn schedule_settled(schedule: &ScheduledMetricCalculation) -> bool {
+    schedule
+        .status
+        .as_ref()
+        .is_some_and(|s| s.state == Some(ScheduleState::Cancelled))
 }
 
 /// Runs `controller` until SIGTERM, each reconcile under the per-object backoff.
@@ -673,7 +697,12 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
     });
     let calculations = drive(
-        controller_of::<MetricCalculation, Job>(&client, CALCULATION_LABEL, concurrency),
+        controller_of::<MetricCalculation, Job>(
+            &client,
+            CALCULATION_LABEL,
+            concurrency,
+            calculation_settled,
+        ),
         reconcile,
         context.clone(),
     );
@@ -682,6 +711,7 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
             &client,
             SCHEDULE_LABEL,
             concurrency,
+            schedule_settled,
         ),
         schedule::reconcile,
         context,
@@ -692,6 +722,56 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_finished_current_generations_ignore_reference_changes() {
+        let calculation = |state, observed_generation, generation| {
+            let mut c: MetricCalculation = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tally.dev/v1alpha1",
+                "kind": "MetricCalculation",
+                "metadata": {"name": "c", "namespace": "ns", "generation": generation},
+                "spec": {"metric": "m", "exposureTable": "e",
+                         "startTime": "2026-10-15T00:00:00Z", "endTime": "2026-11-05T00:00:00Z"},
+            }))
+            .unwrap();
+            c.status = Some(crate::api::MetricCalculationStatus {
+                state,
+                observed_generation,
+                ..Default::default()
+            });
+            c
+        };
+        use CalculationState::*;
+        assert!(calculation_settled(&calculation(
+            Some(Completed),
+            Some(1),
+            1
+        )));
+        assert!(calculation_settled(&calculation(Some(Failed), Some(2), 2)));
+        assert!(calculation_settled(&calculation(
+            Some(Cancelled),
+            Some(1),
+            1
+        )));
+        // A spec edit not yet acted on, and every unfinished state, still listen.
+        assert!(!calculation_settled(&calculation(
+            Some(Completed),
+            Some(1),
+            2
+        )));
+        for state in [
+            None,
+            Some(Pending),
+            Some(Waiting),
+            Some(Running),
+            Some(Cancelling),
+        ] {
+            assert!(
+                !calculation_settled(&calculation(state, Some(1), 1)),
+                "{state:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_status_patch_clears_every_field_the_new_status_lacks() {
