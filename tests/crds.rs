@@ -144,6 +144,33 @@ fn calculation_end_must_follow_start() {
     );
 }
 
+#[test]
+fn exposure_groups_must_contain_the_control() {
+    let mut groups = calculation("2026-10-01T00:00:00Z", "2026-10-08T00:00:00Z");
+    groups["spec"]["exposureGroups"] = json!(["control", "treatment-b"]);
+    assert_accepted("MetricCalculation", groups.clone());
+    groups["spec"]["exposureGroups"] = json!(["treatment-a", "treatment-b"]);
+    assert_rejected(
+        "MetricCalculation",
+        groups.clone(),
+        "exposureGroups must contain the control variant",
+    );
+    groups["spec"]["analysis"] = json!({"control": "treatment-a"});
+    assert_accepted("MetricCalculation", groups);
+
+    assert_accepted(
+        "ScheduledMetricCalculation",
+        schedule(json!({"metricCalculationSpec": {
+            "metric": "m", "exposureTable": "e", "exposureGroups": ["control", "b"]}})),
+    );
+    assert_rejected(
+        "ScheduledMetricCalculation",
+        schedule(json!({"metricCalculationSpec": {
+            "metric": "m", "exposureTable": "e", "exposureGroups": ["a", "b"]}})),
+        "metricCalculationSpec.exposureGroups must contain the control variant",
+    );
+}
+
 fn table(source: Value) -> Value {
     resource(
         "FactTable",

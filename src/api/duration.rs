@@ -67,6 +67,11 @@ impl FromStr for Duration {
         if text.is_empty() {
             return Err(err("empty"));
         }
+        if text.starts_with('-') {
+            return Err(err(
+                "negative; durations count forward from their anchor (e.g. 1d)",
+            ));
+        }
         let mut nanos: i128 = 0;
         let mut rest = text;
         while !rest.is_empty() {
@@ -233,6 +238,12 @@ mod tests {
         assert!("0s".parse::<PositiveDuration>().is_err());
         assert!("0d0h".parse::<PositiveDuration>().is_err());
         assert!("1s".parse::<PositiveDuration>().is_ok());
+    }
+
+    #[test]
+    fn a_negative_duration_is_named_as_such() {
+        let error = "-1d".parse::<Duration>().unwrap_err().to_string();
+        assert!(error.contains("negative"), "{error}");
     }
 
     #[test]

@@ -24,7 +24,9 @@ use super::{Analysis, CalculationTimes, MetricResults};
     validation = kube::core::Rule::new("self.endTime > self.startTime")
         .message("endTime must be after startTime"),
     validation = kube::core::Rule::new("!has(self.exposureEndTime) || (self.exposureEndTime > self.startTime && self.exposureEndTime <= self.endTime)")
-        .message("exposureEndTime must be after startTime and not after endTime")
+        .message("exposureEndTime must be after startTime and not after endTime"),
+    validation = kube::core::Rule::new("!has(self.exposureGroups) || size(self.exposureGroups) == 0 || (has(self.analysis) && has(self.analysis.control) ? self.analysis.control : 'control') in self.exposureGroups")
+        .message("exposureGroups must contain the control variant (analysis.control, default control)")
 )]
 pub struct MetricCalculationSpec {
     #[serde(flatten)]

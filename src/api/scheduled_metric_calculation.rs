@@ -27,6 +27,10 @@ use super::{CalculationTemplate, PositiveDuration};
         .message("scheduleEndTime must be after scheduleStartTime")
 )]
 #[x_kube(
+    validation = kube::core::Rule::new("!has(self.metricCalculationSpec.exposureGroups) || size(self.metricCalculationSpec.exposureGroups) == 0 || (has(self.metricCalculationSpec.analysis) && has(self.metricCalculationSpec.analysis.control) ? self.metricCalculationSpec.analysis.control : 'control') in self.metricCalculationSpec.exposureGroups")
+        .message("metricCalculationSpec.exposureGroups must contain the control variant (analysis.control, default control)")
+)]
+#[x_kube(
     validation = kube::core::Rule::new("size(self.scheduleIntervals) > 0")
         .message("scheduleIntervals must not be empty: give at least one interval such as 1d")
 )]

@@ -639,6 +639,20 @@ pub fn resolve(
             "is empty",
         ));
     }
+    let control = template.control();
+    if !template.exposure_groups.is_empty()
+        && !template.exposure_groups.iter().any(|g| g == control)
+    {
+        // Every effect is against the control: without it there is no analysis.
+        return Err(PlanError::invalid(
+            &me,
+            "spec.exposureGroups",
+            format!(
+                "does not contain the control variant {control:?}; add it, or set \
+                 spec.analysis.control to one of the groups"
+            ),
+        ));
+    }
 
     Ok(ResolvedCalculation {
         calculation: format!(

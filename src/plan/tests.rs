@@ -200,6 +200,23 @@ fn string_literals_are_escaped() {
 }
 
 #[test]
+fn exposure_groups_must_contain_the_control() {
+    let catalog = catalog(EXPOSURES, PURCHASES, REVENUE);
+    let mut calc = calculation();
+    calc.spec.calculation.exposure_groups = vec!["treatment-a".into(), "treatment-b".into()];
+    let (resource, field, message) = invalid_field(resolve(&calc, &catalog).unwrap_err());
+    assert_eq!(resource, "MetricCalculation/calc");
+    assert_eq!(field, "spec.exposureGroups");
+    assert!(message.contains("\"control\""), "{message}");
+    // A control among the groups, named by spec.analysis.control, is fine.
+    calc.spec.calculation.analysis = Some(crate::api::AnalysisSettings {
+        control: Some("treatment-a".into()),
+        ..Default::default()
+    });
+    assert!(resolve(&calc, &catalog).is_ok());
+}
+
+#[test]
 fn missing_references_name_what_is_missing() {
     let catalog = catalog(EXPOSURES, PURCHASES, REVENUE);
     let mut calc = calculation();
