@@ -296,3 +296,120 @@ fn a_missing_column_or_file_is_reported_against_the_table_that_names_it() {
         "{message}"
     );
 }
+
+/// Control entities per value of `dimension` in `status`.
+fn control_per_value(status: &Value, dimension: &str) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = status["metricResults"]["metricBucketStats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["variant"] == "control")
+        .filter_map(|b| {
+            let d = b["dimensions"].as_array()?.first()?;
+            (d["dimension"] == dimension).then(|| {
+                (
+                    d["value"].as_str().unwrap_or("<null>").to_string(),
+                    b["summaryStats"]["averageSummaryStats"]["count"]
+                        .as_i64()
+                        .unwrap(),
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn ties_on_first_exposure_or_validity_time_do_not_depend_on_row_order() {
+    let dir = std::env::temp_dir().join(format!("tally-csv-ties-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Users 1 and 2 have two exposure rows at the same first time, in opposite orders;
+    // and two dimension rows valid from the same time, in opposite orders.
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant,platform\n\
+         1,2026-10-01T10:00:00Z,control,web\n\
+         1,2026-10-01T10:00:00Z,control,android\n\
+         2,2026-10-01T10:00:00Z,control,android\n\
+         2,2026-10-01T10:00:00Z,control,web\n\
+         3,2026-10-01T10:00:00Z,treatment,ios\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("users.csv"),
+        "user_id,valid_from,country\n\
+         1,2026-09-01T00:00:00Z,DE\n\
+         1,2026-09-01T00:00:00Z,FR\n\
+         2,2026-09-01T00:00:00Z,FR\n\
+         2,2026-09-01T00:00:00Z,DE\n\
+         3,2026-09-01T00:00:00Z,SE\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("facts.csv"),
+        "user_id,ts,amount\n1,2026-10-02T00:00:00Z,5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {name: exp}
+spec:
+  source: {files: exposures.csv}
+  entityColumn: user_id
+  timestampColumn: ts
+  variantColumn: variant
+  dimensions: [{name: platform}]
+---
+apiVersion: tally.dev/v1alpha1
+kind: DimensionTable
+metadata: {name: users}
+spec:
+  source: {files: users.csv}
+  entityColumn: user_id
+  timestampColumn: valid_from
+  dimensions: [{name: country}]
+---
+apiVersion: tally.dev/v1alpha1
+kind: FactTable
+metadata: {name: facts}
+spec:
+  source: {files: facts.csv}
+  entityColumn: user_id
+  timestampColumn: ts
+  measurements: [{name: amount}]
+---
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {name: m}
+spec:
+  type: Average
+  average: {measurement: {factTable: facts, measurement: amount, aggregation: Sum}}
+---
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {name: mc}
+spec:
+  metric: m
+  exposureTable: exp
+  startTime: "2026-10-01T00:00:00Z"
+  endTime: "2026-10-10T00:00:00Z"
+  splitDimensions: [{name: platform}, {name: country, dimensionTable: users}]
+"#,
+    )
+    .unwrap();
+    let status = status(&dir);
+    // First exposure: the smallest value. Validity: the largest, as for duplicates.
+    assert_eq!(
+        control_per_value(&status, "platform"),
+        [("android".to_string(), 2)]
+    );
+    assert_eq!(
+        control_per_value(&status, "country"),
+        [("FR".to_string(), 2)]
+    );
+}

@@ -215,8 +215,13 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
                 ",\n    CAST({} AS VARCHAR) AS dim_{i}",
                 quote_ident(column)
             );
-            // arg_min_null keeps a null value of the first row instead of skipping it.
-            let _ = write!(dims_first, ",\n    arg_min_null(dim_{i}, ts) AS dim_{i}");
+            // arg_min_null keeps a null value of the first row instead of skipping it;
+            // of rows at the same first time, the smallest value wins (nulls last), so
+            // the result does not depend on row order.
+            let _ = write!(
+                dims_first,
+                ",\n    arg_min_null(dim_{i}, (ts, dim_{i})) AS dim_{i}"
+            );
         }
     }
     let _ = write!(
@@ -341,7 +346,9 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             let value = format!("CAST(d.{} AS VARCHAR)", quote_ident(column));
             let body = match valid_from {
                 Some(valid_from) => format!(
-                    "SELECT e.entity, arg_max_null({value}, {vf}) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND {vf} <= e.first_exposure\n  GROUP BY e.entity",
+                    // Of rows valid from the same time, the largest value wins, as
+                    // for duplicates without a validity time.
+                    "SELECT e.entity, arg_max_null({value}, ({vf}, {value} IS NOT NULL, {value})) AS value\n  FROM exposed AS e\n  JOIN {src} AS d ON d.{ent} = e.entity AND {vf} <= e.first_exposure\n  GROUP BY e.entity",
                     vf = ts(&format!("d.{}", quote_ident(valid_from))),
                     src = source_sql(source, Some(valid_from)),
                     ent = quote_ident(entity),
