@@ -211,7 +211,6 @@ fn exposure_groups_must_contain_the_control() {
     // A control among the groups, named by spec.analysis.control, is fine.
     calc.spec.calculation.analysis = Some(crate::api::AnalysisSettings {
         control: Some("treatment-a".into()),
-        ..Default::default()
     });
     assert!(resolve(&calc, &catalog).is_ok());
 }
