@@ -255,6 +255,7 @@ fn controller(
             defaults.image = image;
         }
         defaults.service_account_name = service_account;
+        let stop = tally::controller::Stop::on_signal();
         tracing::info!(worker_image = %defaults.image, "tally controller starting");
         if election.leader_elect {
             let election = tally::controller::leader::Election {
@@ -270,13 +271,13 @@ fn controller(
                 lease_duration: Duration::from_secs(election.leader_election_lease_duration),
             };
             if let Err(error) =
-                tally::controller::run_elected(client, defaults, concurrency, election).await
+                tally::controller::run_elected(client, defaults, concurrency, election, stop).await
             {
                 tracing::error!(%error, "tally controller stopped");
                 return ExitCode::FAILURE;
             }
         } else {
-            tally::controller::run(client, defaults, concurrency).await;
+            tally::controller::run(client, defaults, concurrency, stop).await;
         }
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS

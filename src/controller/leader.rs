@@ -230,8 +230,10 @@ impl Elector {
         ) else {
             return Ok(Attempt::Following);
         };
-        let written = match (&step, &self.observed.lease) {
-            (Step::Create, _) | (_, None) => {
+        // Whether to create or replace follows what exists, not the step: a Lease
+        // without a spec exists, and is taken over by replacing it.
+        let written = match &self.observed.lease {
+            None => {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.election.lease.clone()),
@@ -242,7 +244,7 @@ impl Elector {
                 };
                 self.api.create(&PostParams::default(), &lease).await
             }
-            (_, Some(observed)) => {
+            Some(observed) => {
                 let mut lease = observed.clone();
                 lease.spec = Some(spec);
                 self.api
@@ -260,13 +262,16 @@ impl Elector {
         }
     }
 
-    /// Waits until this process leads.
+    /// Waits until this process leads. An attempt that hangs is given up after the
+    /// renew deadline and tried again.
     pub async fn acquire(&mut self) {
         let mut announced = false;
         loop {
-            match self.attempt().await {
-                Ok(Attempt::Leading) => return,
-                Ok(Attempt::Following) => {
+            let attempt =
+                tokio::time::timeout(self.election.renew_deadline(), self.attempt()).await;
+            match attempt {
+                Ok(Ok(Attempt::Leading)) => return,
+                Ok(Ok(Attempt::Following)) => {
                     if !announced {
                         tracing::info!(
                             lease = %self.election.lease,
@@ -278,7 +283,8 @@ impl Elector {
                     }
                 }
                 // The API server may be briefly unreachable: keep trying.
-                Err(error) => tracing::warn!(%error, "leader election"),
+                Ok(Err(error)) => tracing::warn!(%error, "leader election"),
+                Err(_) => tracing::warn!("leader election: the API server did not answer in time"),
             }
             tokio::time::sleep(self.election.retry_period()).await;
         }
@@ -286,26 +292,29 @@ impl Elector {
 
     /// Renews the Lease every retry period; returns once leadership is lost: another
     /// process holds the Lease, or no renewal succeeded within the renew deadline.
+    /// A renewal counts from when it was sent, and a request still unanswered at the
+    /// deadline is abandoned: the leader stops before any candidate may take over,
+    /// however slow the API server.
     pub async fn keep(&mut self) -> LeaderError {
+        let deadline = self.election.renew_deadline();
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(self.election.retry_period()).await;
-            match self.attempt().await {
-                Ok(Attempt::Leading) => renewed = Instant::now(),
-                Ok(Attempt::Following) => {
+            let sent = Instant::now();
+            match tokio::time::timeout_at(renewed + deadline, self.attempt()).await {
+                Ok(Ok(Attempt::Leading)) => renewed = sent,
+                Ok(Ok(Attempt::Following)) => {
                     if let Some(other) = self.observed.spec().and_then(holder)
                         && other != self.election.identity
                     {
                         return self.lost(format!("{other} holds it"));
                     }
                 }
-                Err(error) => tracing::warn!(%error, "renewing the leader election Lease"),
+                Ok(Err(error)) => tracing::warn!(%error, "renewing the leader election Lease"),
+                Err(_) => {}
             }
-            if renewed.elapsed() >= self.election.renew_deadline() {
-                return self.lost(format!(
-                    "not renewed for {:?}",
-                    self.election.renew_deadline()
-                ));
+            if renewed.elapsed() >= deadline {
+                return self.lost(format!("not renewed for {deadline:?}"));
             }
         }
     }
@@ -318,28 +327,43 @@ impl Elector {
         }
     }
 
-    /// Gives the Lease up, if this process still holds it, so that a candidate takes
-    /// over at once. Best effort: a failure only delays the next leader.
+    /// Gives the Lease up if this process holds it, so that a candidate takes over at
+    /// once. It reads the Lease afresh: a renewal dropped mid-flight may have changed
+    /// it. Best effort and bounded: a failure only delays the next leader.
     pub async fn release(&mut self) {
-        let Some(mut lease) = self.observed.lease.clone() else {
-            return;
-        };
-        let Some(spec) = lease.spec.as_ref() else {
-            return;
-        };
-        if holder(spec) != Some(self.election.identity.as_str()) {
-            return;
-        }
-        lease.spec = Some(released(spec, Timestamp::now()));
-        match self
-            .api
-            .replace(&lease.name_any(), &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => {
+        let released = tokio::time::timeout(self.election.renew_deadline(), async {
+            for _ in 0..3 {
+                let current = self.api.get_opt(&self.election.lease).await?;
+                let Some(mut lease) = current else {
+                    return Ok(false);
+                };
+                let Some(spec) = lease.spec.as_ref() else {
+                    return Ok(false);
+                };
+                if holder(spec) != Some(self.election.identity.as_str()) {
+                    return Ok(false);
+                }
+                lease.spec = Some(released(spec, Timestamp::now()));
+                match self
+                    .api
+                    .replace(&lease.name_any(), &PostParams::default(), &lease)
+                    .await
+                {
+                    Ok(_) => return Ok(true),
+                    Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        match released {
+            Ok(Ok(true)) => {
                 tracing::info!(lease = %self.election.lease, "released the leader election Lease")
             }
-            Err(error) => tracing::warn!(%error, "releasing the leader election Lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "releasing the leader election Lease"),
+            Err(_) => tracing::warn!("releasing the leader election Lease: no answer in time"),
         }
     }
 }

@@ -560,6 +560,30 @@ fn watch_references<K: Watched>(
     controller
 }
 
+/// SIGTERM or SIGINT, heard by one listener for the life of the process: a signal
+/// between two phases (waiting to lead, filling caches, reconciling) is never lost.
+#[derive(Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Starts listening; call once, as the controller starts.
+    pub fn on_signal() -> Self {
+        let (requested, listener) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            stop_requested().await;
+            let _ = requested.send(true);
+        });
+        Self(listener)
+    }
+
+    /// Resolves once a stop was requested.
+    pub async fn requested(self) {
+        let mut listener = self.0;
+        // An error means the listener task is gone, which only a stop does.
+        let _ = listener.wait_for(|stop| *stop).await;
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_requested() {
     #[cfg(unix)]
@@ -613,17 +637,18 @@ fn schedule_settled(schedule: &ScheduledMetricCalculation) -> bool {
         .is_some_and(|s| s.state == Some(ScheduleState::Cancelled))
 }
 
-/// Runs `controller` until SIGTERM, each reconcile under the per-object backoff.
+/// Runs `controller` until `stop`, each reconcile under the per-object backoff.
 async fn drive<K, F>(
     controller: Controller<K>,
     reconcile: fn(Arc<K>, Arc<Context>) -> F,
     context: Arc<Context>,
+    stop: Stop,
 ) where
     K: Watched,
     F: std::future::Future<Output = Result<Requeue, ControllerError>> + Send + 'static,
 {
     controller
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop.requested())
         .run(
             move |object, ctx| with_backoff(object, ctx, reconcile),
             error_policy,
@@ -637,20 +662,23 @@ async fn drive<K, F>(
         .await;
 }
 
-/// Runs the controllers while this process leads `election`, until SIGTERM or SIGINT
-/// (then the Lease is released for the next leader) or until leadership is lost (an
-/// error: the process must exit, so that a new candidate starts from a clean state).
+/// Runs the controllers while this process leads `election`, until `stop` (then the
+/// Lease is released for the next leader) or until leadership is lost (an error: the
+/// process must exit, so that a new candidate starts from a clean state).
 pub async fn run_elected(
     client: Client,
     defaults: JobDefaults,
     concurrency: u16,
     election: leader::Election,
+    stop: Stop,
 ) -> Result<(), leader::LeaderError> {
     let mut elector = leader::Elector::new(client.clone(), election);
     tokio::select! {
         () = elector.acquire() => {}
-        () = stop_requested() => {
+        () = stop.clone().requested() => {
             tracing::info!("stopped before becoming the leader");
+            // An attempt cut short may have taken the Lease.
+            elector.release().await;
             return Ok(());
         }
     }
@@ -660,15 +688,18 @@ pub async fn run_elected(
         "became the leader"
     );
     tokio::select! {
-        () = run(client, defaults, concurrency) => {}
+        // Leadership is checked first: a process resuming from a freeze past its
+        // renew deadline stops before reconciling anything more.
+        biased;
         lost = elector.keep() => return Err(lost),
+        () = run(client, defaults, concurrency, stop) => {}
     }
     elector.release().await;
     Ok(())
 }
 
-/// Runs the calculation and schedule controllers until SIGTERM or SIGINT.
-pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
+/// Runs the calculation and schedule controllers until `stop`.
+pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16, stop: Stop) {
     let references = References::start(&client);
     tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
     // A stop requested while the caches fill (say, the CRDs are not installed yet)
@@ -680,7 +711,7 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
                 return;
             }
         }
-        () = stop_requested() => {
+        () = stop.clone().requested() => {
             tracing::info!("stopped before the caches were filled");
             return;
         }
@@ -705,6 +736,7 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
         ),
         reconcile,
         context.clone(),
+        stop.clone(),
     );
     let schedules = drive(
         controller_of::<ScheduledMetricCalculation, MetricCalculation>(
@@ -715,6 +747,7 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16) {
         ),
         schedule::reconcile,
         context,
+        stop,
     );
     futures::join!(calculations, schedules);
 }

@@ -21,11 +21,20 @@ fn leases(cluster: &TestCluster) -> Api<Lease> {
 }
 
 fn replica(cluster: &TestCluster, pod: &str, lease_seconds: &str) -> ControllerProcess {
+    replica_of(cluster, LEASE, pod, lease_seconds)
+}
+
+fn replica_of(
+    cluster: &TestCluster,
+    lease: &str,
+    pod: &str,
+    lease_seconds: &str,
+) -> ControllerProcess {
     cluster.start_controller_with(
         &[
             "--leader-elect",
             "--leader-election-lease",
-            LEASE,
+            lease,
             "--leader-election-namespace",
             cluster.namespace(),
             "--leader-election-lease-duration",
@@ -36,12 +45,7 @@ fn replica(cluster: &TestCluster, pod: &str, lease_seconds: &str) -> ControllerP
 }
 
 async fn holder(cluster: &TestCluster) -> Option<String> {
-    leases(cluster)
-        .get_opt(LEASE)
-        .await
-        .unwrap()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
+    holder_of(cluster, LEASE).await
 }
 
 async fn wait_for_holder(cluster: &TestCluster, pod: &str, within: Duration) {
@@ -128,17 +132,18 @@ async fn copy_calculation(cluster: &TestCluster, from: &str, name: &str) {
         .unwrap();
 }
 
-#[tokio::test]
+// Two threads: the test's own Lease renewals must not wait behind the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_reconciles_and_leadership_passes_on() {
     let cluster = TestCluster::start("leader-election").await;
     cluster.apply_yaml(&cluster.example_manifests().await).await;
 
     // 1. Another process holds the Lease and renews it: the replica only waits.
-    hold(&cluster, "someone-else", 3).await;
+    hold(&cluster, "someone-else", 6).await;
     let mut a = replica(&cluster, "replica-a", "10");
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        hold(&cluster, "someone-else", 3).await;
+        hold(&cluster, "someone-else", 6).await;
     }
     assert_eq!(holder(&cluster).await.as_deref(), Some("someone-else"));
     assert_eq!(
@@ -147,9 +152,9 @@ async fn only_the_lease_holder_reconciles_and_leadership_passes_on() {
         "a replica that does not hold the Lease reconciled"
     );
 
-    // 2. Renewals stop: once the record went unchanged for its 3 s, the replica takes
+    // 2. Renewals stop: once the record went unchanged for its 6 s, the replica takes
     //    over and reconciles.
-    wait_for_holder(&cluster, "replica-a", patience(10)).await;
+    wait_for_holder(&cluster, "replica-a", patience(15)).await;
     wait_for_completed(&cluster, "checkout-revenue").await;
 
     // 3. A second replica waits while the first leads.
@@ -162,7 +167,7 @@ async fn only_the_lease_holder_reconciles_and_leadership_passes_on() {
     a.terminate();
     let exit = a.exit_within(patience(10)).await.expect("the leader stops");
     assert!(exit.success(), "a stopped leader exits cleanly: {exit}");
-    wait_for_holder(&cluster, "replica-b", Duration::from_secs(5)).await;
+    wait_for_holder(&cluster, "replica-b", patience(5)).await;
     copy_calculation(&cluster, "checkout-revenue", "after-handover").await;
     wait_for_completed(&cluster, "after-handover").await;
     let lease = leases(&cluster).get(LEASE).await.unwrap();
@@ -177,4 +182,81 @@ async fn only_the_lease_holder_reconciles_and_leadership_passes_on() {
         "a leader that lost the Lease exits non-zero"
     );
     assert_eq!(holder(&cluster).await.as_deref(), Some("usurper"));
+}
+
+#[tokio::test]
+async fn a_lease_without_a_spec_is_taken_over() {
+    let cluster = TestCluster::start("leader-no-spec").await;
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("tally-e2e-bare".to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    };
+    leases(&cluster)
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let _replica = replica_of(&cluster, "tally-e2e-bare", "replica-a", "10");
+    let deadline = Instant::now() + patience(10);
+    loop {
+        let holder = holder_of(&cluster, "tally-e2e-bare").await;
+        if holder
+            .as_deref()
+            .is_some_and(|h| h.starts_with("replica-a_"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never taken over: {holder:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A leader whose renewals go unanswered gives up within its renew deadline, before
+/// the Lease could pass to another replica, even though no request ever fails.
+#[tokio::test]
+async fn a_leader_whose_renewals_hang_stops_before_its_lease_expires() {
+    let cluster = TestCluster::start("leader-hang").await;
+    let Some(emulator) = cluster.emulator_only("hanging API requests") else {
+        return;
+    };
+    let mut leader = replica_of(&cluster, "tally-e2e-hang", "replica-a", "6");
+    let deadline = Instant::now() + patience(10);
+    while holder_of(&cluster, "tally-e2e-hang").await.is_none() {
+        assert!(Instant::now() < deadline, "never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases/tally-e2e-hang",
+        cluster.namespace()
+    );
+    emulator
+        .faults()
+        .fail_next(&path, usize::MAX, kube_emulator::Fault::Hang);
+    let hung = Instant::now();
+    let exit = leader
+        .exit_within(Duration::from_secs(10))
+        .await
+        .expect("the leader stops");
+    assert!(
+        !exit.success(),
+        "a leader that could not renew exits non-zero"
+    );
+    // The renew deadline is 4 s of the 6 s lease, counted from the last renewal
+    // sent (at most a retry period, 0.8 s, before the hang began).
+    assert!(
+        hung.elapsed() < Duration::from_secs(6),
+        "stopped after {:?}, when the Lease may already have passed on",
+        hung.elapsed()
+    );
+}
+
+async fn holder_of(cluster: &TestCluster, lease: &str) -> Option<String> {
+    leases(cluster)
+        .get_opt(lease)
+        .await
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
 }

@@ -12,6 +12,9 @@ pub enum Fault {
     Status(u16),
     /// Close the connection without answering.
     Drop,
+    /// Never answer (a stuck API server or a dead connection): the client's own
+    /// timeouts must rescue it.
+    Hang,
 }
 
 #[derive(Debug)]

@@ -120,6 +120,7 @@ pub async fn handle(
                 ));
             }
             Fault::Status(code) => return Ok(error_response(&fault_error(code))),
+            Fault::Hang => std::future::pending::<()>().await,
         }
     }
     let query = parse_query(req.uri().query());
