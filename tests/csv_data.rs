@@ -413,3 +413,18 @@ spec:
         [("FR".to_string(), 2)]
     );
 }
+
+#[test]
+fn an_infinite_measurement_or_an_overflowing_square_is_an_error_not_a_result() {
+    for (name, amount) in [("inf", "inf"), ("overflow", "1e200")] {
+        let facts = format!(
+            "user_id,ts,amount\n1,2026-10-02T00:00:00Z,{amount}\n4,2026-10-02T00:00:00Z,1\n"
+        );
+        let dir = experiment(&format!("non-finite-{name}"), &facts, SUM_OF_AMOUNT);
+        let error = run_error(&dir);
+        assert!(
+            error.contains("infinite or not a number") && error.contains("cap the measurement"),
+            "{name}: {error}"
+        );
+    }
+}

@@ -34,6 +34,11 @@ pub enum RowError {
     },
     #[error("the result names split dimension #{0}, which the calculation does not have")]
     UnknownDimension(i64),
+    #[error(
+        "the sum {column:?} is {value}: a measurement is infinite or not a number, or its \
+         squares overflow (values beyond about 1e154); cap the measurement or filter such rows out"
+    )]
+    NonFinite { column: String, value: f64 },
 }
 
 struct Row<'a> {
@@ -63,11 +68,16 @@ impl Row<'_> {
         }
     }
 
-    /// A number; SQL NULL (an empty sum) reads as 0.
+    /// A finite number; SQL NULL (an empty sum) reads as 0. Infinity or NaN would
+    /// make every figure built on it meaningless, and JSON cannot carry them.
     fn float(&self, column: &str) -> Result<f64, RowError> {
         match self.get(column)? {
             SqlValue::Null => Ok(0.0),
             SqlValue::Int(v) => Ok(*v as f64),
+            SqlValue::Float(v) if !v.is_finite() => Err(RowError::NonFinite {
+                column: column.to_string(),
+                value: *v,
+            }),
             SqlValue::Float(v) => Ok(*v),
             other => Err(RowError::WrongType {
                 column: column.to_string(),

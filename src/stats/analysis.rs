@@ -3,7 +3,9 @@ use std::collections::BTreeMap;
 use crate::api::{Analysis, Comparison, Effect, SampleRatioMismatch};
 
 use super::{
-    Moments, Z_975, chi_square_survival, normal_two_sided_p,
+    Moments, Z_975, chi_square_survival,
+    moments::{ROUNDING, beyond_rounding},
+    normal_two_sided_p,
     summary::{BucketMoments, BucketSums, CupedSums},
 };
 
@@ -153,7 +155,7 @@ fn cuped_effect(
         // A variance within rounding of zero, relative to the mean square of x, is
         // zero: dividing by it would make theta rounding noise.
         (Some(covariance), Some(variance))
-            if variance > 1e-12 * pooled.sum_of_products(X, X) / pooled.n as f64 =>
+            if variance > ROUNDING * pooled.sum_of_products(X, X) / pooled.n as f64 =>
         {
             Some(covariance / variance).filter(|theta| theta.is_finite())
         }
@@ -162,10 +164,15 @@ fn cuped_effect(
     .unwrap_or(0.0);
     let difference = (t.mean(Y)? - c.mean(Y)?) - theta * (t.mean(X)? - c.mean(X)?);
     let adjusted_variance = |post: &Moments<1>, m: &Moments<2>| {
-        Some(
-            post.variance(0)? + theta.powi(2) * m.variance(X)?
-                - 2.0 * theta * m.covariance(X, Y)?,
-        )
+        let terms = [
+            post.variance(0)?,
+            theta.powi(2) * m.variance(X)?,
+            -2.0 * theta * m.covariance(X, Y)?,
+        ];
+        Some(beyond_rounding(
+            terms.iter().sum(),
+            terms.iter().map(|t| t.abs()).sum(),
+        ))
     };
     let se = (|| {
         Some(
@@ -184,11 +191,14 @@ fn ratio_and_variance(m: &Moments<2>) -> Option<(f64, Option<f64>)> {
     let ratio = m.sum(Y) / m.sum(D);
     let variance = (|| {
         let (mean_y, mean_d) = (m.mean(Y)?, m.mean(D)?);
-        Some(
-            (m.variance(Y)? / mean_d.powi(2) - 2.0 * mean_y * m.covariance(Y, D)? / mean_d.powi(3)
-                + mean_y.powi(2) * m.variance(D)? / mean_d.powi(4))
-                / m.n as f64,
-        )
+        let terms = [
+            m.variance(Y)? / mean_d.powi(2),
+            -2.0 * mean_y * m.covariance(Y, D)? / mean_d.powi(3),
+            mean_y.powi(2) * m.variance(D)? / mean_d.powi(4),
+        ];
+        // Zero, not noise, when every entity has the same ratio.
+        let variance = beyond_rounding(terms.iter().sum(), terms.iter().map(|t| t.abs()).sum());
+        Some(variance / m.n as f64)
     })();
     ratio.is_finite().then_some((ratio, variance))
 }
@@ -364,6 +374,35 @@ mod tests {
         assert_eq!(cuped.absolute, plain.absolute);
         assert_eq!(cuped.relative, plain.relative);
         assert!(cuped.absolute.is_some());
+    }
+
+    #[test]
+    fn constants_inexact_in_binary_leave_inference_out_too() {
+        let buckets = [
+            average_bucket("control", &[1.0 / 3.0; 5]),
+            average_bucket("treatment", &[2.0 / 3.0; 5]),
+        ];
+        let analysis = analyse(&AnalysisInput {
+            buckets: &buckets,
+            control: "control",
+            expected_variants: &[],
+            multiple_variant_entities: 0,
+        });
+        let absolute = analysis.comparisons[0].absolute.as_ref().unwrap();
+        assert!((absolute.difference - 1.0 / 3.0).abs() < 1e-15);
+        assert_eq!(absolute.standard_error, None, "not rounding noise");
+        assert_eq!(absolute.p_value, None);
+    }
+
+    #[test]
+    fn a_ratio_every_entity_shares_has_no_variance() {
+        let rows: Vec<[f64; 2]> = [0.1, 0.3, 0.7, 1.1, 2.9]
+            .iter()
+            .map(|d| [0.3 * d, *d])
+            .collect();
+        let (ratio, variance) = ratio_and_variance(&Moments::from_observations(&rows)).unwrap();
+        assert!((ratio - 0.3).abs() < 1e-15);
+        assert_eq!(variance, Some(0.0));
     }
 
     #[test]

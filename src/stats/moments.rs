@@ -1,5 +1,22 @@
 use std::ops::Add;
 
+/// Relative size below which a difference of sums is rounding noise. Second moments
+/// from Σv² − (Σv)²/n lose about log10(mean²/variance) digits of the 16 a double has;
+/// a variance below 1e-12 of the mean square has fewer than 4 left.
+pub const ROUNDING: f64 = 1e-12;
+
+/// `value`, or 0 when it is within rounding of zero relative to `scale` (the size of
+/// the terms it was computed from). A variance that the sums make slightly negative or
+/// slightly positive where the data do not vary at all is 0, not noise that would
+/// give a standard error near zero and a p-value of 0.
+pub fn beyond_rounding(value: f64, scale: f64) -> f64 {
+    if value <= ROUNDING * scale.abs() {
+        0.0
+    } else {
+        value
+    }
+}
+
 /// Sufficient statistics of K variables over n entities: Σv_i and Σv_i·v_j.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Moments<const K: usize> {
@@ -73,9 +90,11 @@ impl<const K: usize> Moments<K> {
         })
     }
 
-    /// Sample variance (n − 1); absent below two entities.
+    /// Sample variance (n − 1), never negative; absent below two entities.
     pub fn variance(&self, i: usize) -> Option<f64> {
+        let mean_square = self.products[i][i] / (self.n as f64 - 1.0);
         self.covariance(i, i)
+            .map(|variance| beyond_rounding(variance, mean_square))
     }
 }
 
@@ -126,6 +145,17 @@ mod tests {
         let one = Moments::from_observations(&[[2.0]]);
         assert_eq!(one.mean(0), Some(2.0));
         assert_eq!(one.variance(0), None);
+    }
+
+    #[test]
+    fn a_constant_that_is_not_exact_in_binary_has_no_variance() {
+        for (value, n) in [(1.0 / 3.0, 5), (0.1, 3), (0.2, 1000), (2.0 / 3.0, 5)] {
+            let m = Moments::from_observations(&vec![[value]; n]);
+            assert_eq!(m.variance(0), Some(0.0), "{value} × {n}");
+        }
+        // Real spread, however small against the mean, stays.
+        let m = Moments::from_observations(&[[1000.0], [1000.01]]);
+        assert!(m.variance(0).unwrap() > 0.0);
     }
 
     #[test]
