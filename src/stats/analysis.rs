@@ -123,10 +123,10 @@ fn average_relative(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
     let se = (|| {
         let (var_t, var_c) = (t.variance(0)?, c.variance(0)?);
         let (n_t, n_c) = (t.n as f64, c.n as f64);
-        Some(
-            (var_t / (n_t * mean_c.powi(2)) + mean_t.powi(2) * var_c / (n_c * mean_c.powi(4)))
-                .sqrt(),
-        )
+        // var_t/(n_t·μc²) + μt²·var_c/(n_c·μc⁴), without fourth powers that overflow
+        // or underflow for means far from 1.
+        let ratio = mean_t / mean_c;
+        Some((var_t / n_t + ratio.powi(2) * var_c / n_c).sqrt() / mean_c.abs())
     })();
     effect(difference, se)
 }
@@ -191,14 +191,17 @@ fn ratio_and_variance(m: &Moments<2>) -> Option<(f64, Option<f64>)> {
     let ratio = m.sum(Y) / m.sum(D);
     let variance = (|| {
         let (mean_y, mean_d) = (m.mean(Y)?, m.mean(D)?);
+        // var_y/μd² − 2μy·cov/μd³ + μy²·var_d/μd⁴ with R = μy/μd factored out, so no
+        // fourth power overflows or underflows for means far from 1.
+        let r = mean_y / mean_d;
         let terms = [
-            m.variance(Y)? / mean_d.powi(2),
-            -2.0 * mean_y * m.covariance(Y, D)? / mean_d.powi(3),
-            mean_y.powi(2) * m.variance(D)? / mean_d.powi(4),
+            m.variance(Y)?,
+            -2.0 * r * m.covariance(Y, D)?,
+            r.powi(2) * m.variance(D)?,
         ];
         // Zero, not noise, when every entity has the same ratio.
         let variance = beyond_rounding(terms.iter().sum(), terms.iter().map(|t| t.abs()).sum());
-        Some(variance / m.n as f64)
+        Some(variance / mean_d.powi(2) / m.n as f64)
     })();
     ratio.is_finite().then_some((ratio, variance))
 }
@@ -403,6 +406,21 @@ mod tests {
         let (ratio, variance) = ratio_and_variance(&Moments::from_observations(&rows)).unwrap();
         assert!((ratio - 0.3).abs() < 1e-15);
         assert_eq!(variance, Some(0.0));
+    }
+
+    #[test]
+    fn a_ratios_variance_does_not_depend_on_the_scale_of_its_values() {
+        let rows = [[1.0, 1.0], [3.0, 2.0], [2.0, 3.0], [5.0, 4.0]];
+        let (ratio, variance) = ratio_and_variance(&Moments::from_observations(&rows)).unwrap();
+        for scale in [1e-80, 1e80] {
+            let scaled: Vec<[f64; 2]> = rows.iter().map(|[y, d]| [y * scale, d * scale]).collect();
+            let (r, v) = ratio_and_variance(&Moments::from_observations(&scaled)).unwrap();
+            assert!((r / ratio - 1.0).abs() < 1e-12, "{scale}");
+            assert!(
+                (v.unwrap() / variance.unwrap() - 1.0).abs() < 1e-9,
+                "{scale}"
+            );
+        }
     }
 
     #[test]
