@@ -397,11 +397,27 @@ impl<'a> Decider<'a> {
 
         let next_run = self.next_run_time().and_then(|t| grid.first_at_or_after(t));
         let Some(next_run) = next_run else {
-            let message = match grid.end() {
-                Some(end) => format!("no run is left before scheduleEndTime {end}"),
-                None => "no run is left".to_string(),
-            };
-            self.cancel(SCHEDULE_ENDED, &message);
+            match grid.end() {
+                // The last run is made; the schedule ends at its end time, not before:
+                // until then a new spec can still extend it without a resume.
+                Some(end) if self.o.now < end => {
+                    self.set_next(grid, None);
+                    self.activity(ScheduleActivity::default());
+                    self.condition(
+                        ACTIVE,
+                        true,
+                        "LastRunMade",
+                        &format!("no run is left; the schedule ends at scheduleEndTime {end}"),
+                    );
+                    self.condition(WAITING, false, "LastRunMade", "");
+                    self.wake_at = Some(end);
+                }
+                Some(end) => self.cancel(
+                    SCHEDULE_ENDED,
+                    &format!("scheduleEndTime {end} has passed; no run is left"),
+                ),
+                None => self.cancel(SCHEDULE_ENDED, "no run is left"),
+            }
             return;
         };
         let due = grid.latest_due(self.o.now).filter(|&due| due >= next_run);
@@ -1062,7 +1078,7 @@ mod tests {
     }
 
     #[test]
-    fn the_schedule_ends_after_its_last_run_and_cannot_be_resumed() {
+    fn the_schedule_ends_at_its_end_time_and_cannot_be_resumed() {
         let mut w = World::with_grid("2026-11-02T00:00:00Z", &[24], Some("2026-11-03T06:00:00Z"));
         w.settle();
         w.finish_all();
@@ -1070,7 +1086,13 @@ mod tests {
         assert_eq!(w.created_names(), ["daily-0-0", "daily-0-1"]);
         assert_eq!(w.o.status.state, Some(ScheduleState::Active));
         w.finish_all();
-        w.at("2026-11-03T00:10:00Z").settle();
+        // After the last run, the schedule stays active until its end time.
+        let decision = w.at("2026-11-03T00:10:00Z").settle();
+        assert_eq!(w.o.status.state, Some(ScheduleState::Active));
+        assert_eq!(w.reason("Active"), Some("LastRunMade"));
+        assert_eq!(w.o.status.next_scheduled_run_time, None);
+        assert_eq!(decision.wake_at, Some(t("2026-11-03T06:00:00Z")));
+        w.at("2026-11-03T06:00:00Z").settle();
         assert_eq!(w.o.status.state, Some(ScheduleState::Cancelled));
         assert_eq!(w.reason("Active"), Some("ScheduleEnded"));
         assert!(w.activity().cancelled.is_some());

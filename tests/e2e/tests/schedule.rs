@@ -549,7 +549,15 @@ async fn the_schedule_ends_at_its_end_time() {
         (status["state"] == "Cancelled").then_some(status)
     })
     .await;
-    assert_eq!(condition(&status, "Active")["reason"], "ScheduleEnded");
+    let ended = condition(&status, "Active");
+    assert_eq!(ended["reason"], "ScheduleEnded");
+    // At the end time, not right after the last run (about a second earlier).
+    let ended_at: Timestamp = ended["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ended_at >= end, "ended at {ended_at}, before {end}");
     assert!(status["status"]["cancelled"].is_object());
     assert!(status["nextScheduledRunTime"].is_null());
     tokio::time::sleep(Duration::from_secs(3)).await;
