@@ -381,17 +381,11 @@ mod tests {
 
     #[test]
     fn constants_inexact_in_binary_leave_inference_out_too() {
-        let buckets = [
+        let comparison = only_comparison(&[
             average_bucket("control", &[1.0 / 3.0; 5]),
             average_bucket("treatment", &[2.0 / 3.0; 5]),
-        ];
-        let analysis = analyse(&AnalysisInput {
-            buckets: &buckets,
-            control: "control",
-            expected_variants: &[],
-            multiple_variant_entities: 0,
-        });
-        let absolute = analysis.comparisons[0].absolute.as_ref().unwrap();
+        ]);
+        let absolute = comparison.absolute.unwrap();
         assert!((absolute.difference - 1.0 / 3.0).abs() < 1e-15);
         assert_eq!(absolute.standard_error, None, "not rounding noise");
         assert_eq!(absolute.p_value, None);
