@@ -74,6 +74,10 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         election: ElectionArgs,
+        /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g.
+        /// 0.0.0.0:8080.
+        #[arg(long, env = "TALLY_HTTP_ADDRESS")]
+        http_address: Option<std::net::SocketAddr>,
     },
     /// Cancel a calculation or a schedule (sets tally.dev/cancel): `mc/NAME` or `smc/NAME`.
     Cancel {
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             concurrency,
             log_format,
             election,
+            http_address,
         } => {
             return controller(
                 worker_image,
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
                 concurrency,
                 log_format,
                 election,
+                http_address,
             );
         }
         Command::Cancel { target, namespace } => {
@@ -229,6 +235,7 @@ fn controller(
     concurrency: u16,
     format: LogFormat,
     election: ElectionArgs,
+    http_address: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -256,6 +263,16 @@ fn controller(
         }
         defaults.service_account_name = service_account;
         let stop = tally::controller::Stop::on_signal();
+        let metrics = std::sync::Arc::new(tally::controller::telemetry::Metrics::default());
+        if let Some(address) = http_address {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                // Reconciling goes on without it; the kubelet's probes will report it.
+                if let Err(error) = tally::controller::telemetry::serve(address, metrics).await {
+                    tracing::error!(%address, %error, "cannot serve /healthz and /metrics");
+                }
+            });
+        }
         tracing::info!(worker_image = %defaults.image, "tally controller starting");
         if election.leader_elect {
             let election = tally::controller::leader::Election {
@@ -270,14 +287,21 @@ fn controller(
                 ),
                 lease_duration: Duration::from_secs(election.leader_election_lease_duration),
             };
-            if let Err(error) =
-                tally::controller::run_elected(client, defaults, concurrency, election, stop).await
+            if let Err(error) = tally::controller::run_elected(
+                client,
+                defaults,
+                concurrency,
+                election,
+                stop,
+                metrics,
+            )
+            .await
             {
                 tracing::error!(%error, "tally controller stopped");
                 return ExitCode::FAILURE;
             }
         } else {
-            tally::controller::run(client, defaults, concurrency, stop).await;
+            tally::controller::run(client, defaults, concurrency, stop, metrics).await;
         }
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS

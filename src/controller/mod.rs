@@ -15,6 +15,7 @@ mod names;
 mod readiness;
 mod schedule;
 mod schedule_decide;
+pub mod telemetry;
 
 use std::{sync::Arc, time::Duration};
 
@@ -69,6 +70,7 @@ pub struct Context {
     pub defaults: JobDefaults,
     references: References,
     backoff: Backoff,
+    metrics: Arc<telemetry::Metrics>,
 }
 
 /// Caches of everything a calculation can refer to, filled by watches: a reconcile
@@ -508,7 +510,7 @@ async fn with_backoff<K, F>(
     reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> F,
 ) -> Result<Requeue, ControllerError>
 where
-    K: Resource,
+    K: Resource<DynamicType = ()>,
     F: std::future::Future<Output = Result<Requeue, ControllerError>>,
 {
     let key = format!(
@@ -516,10 +518,13 @@ where
         object.namespace().unwrap_or_default(),
         object.name_any()
     );
+    let started = std::time::Instant::now();
     let result = reconcile(object, ctx.clone()).await;
     if result.is_ok() {
         ctx.backoff.reset(&key);
     }
+    ctx.metrics
+        .reconciled(&K::kind(&()), result.is_ok(), started.elapsed());
     result
 }
 
@@ -671,6 +676,7 @@ pub async fn run_elected(
     concurrency: u16,
     election: leader::Election,
     stop: Stop,
+    metrics: Arc<telemetry::Metrics>,
 ) -> Result<(), leader::LeaderError> {
     let mut elector = leader::Elector::new(client.clone(), election);
     tokio::select! {
@@ -687,19 +693,30 @@ pub async fn run_elected(
         lease = %elector.election().lease,
         "became the leader"
     );
-    tokio::select! {
+    metrics.set_leader(true);
+    let outcome = tokio::select! {
         // Leadership is checked first: a process resuming from a freeze past its
         // renew deadline stops before reconciling anything more.
         biased;
-        lost = elector.keep() => return Err(lost),
-        () = run(client, defaults, concurrency, stop) => {}
+        lost = elector.keep() => Err(lost),
+        () = run(client, defaults, concurrency, stop, metrics.clone()) => Ok(()),
+    };
+    metrics.set_leader(false);
+    if outcome.is_ok() {
+        elector.release().await;
     }
-    elector.release().await;
-    Ok(())
+    outcome
 }
 
 /// Runs the calculation and schedule controllers until `stop`.
-pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16, stop: Stop) {
+pub async fn run(
+    client: Client,
+    defaults: JobDefaults,
+    concurrency: u16,
+    stop: Stop,
+    metrics: Arc<telemetry::Metrics>,
+) {
+    metrics.set_leader(true);
     let references = References::start(&client);
     tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
     // A stop requested while the caches fill (say, the CRDs are not installed yet)
@@ -726,6 +743,7 @@ pub async fn run(client: Client, defaults: JobDefaults, concurrency: u16, stop: 
         defaults,
         references,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
+        metrics,
     });
     let calculations = drive(
         controller_of::<MetricCalculation, Job>(

@@ -239,8 +239,17 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "--leader-elect",
             "--leader-election-lease=tally-controller",
             "--leader-election-lease-duration=15",
+            "--http-address=0.0.0.0:8080",
         ]
     );
+    // Probes and metrics on the named port the controller serves.
+    assert_eq!(
+        controller["ports"],
+        json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(controller["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(controller["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(controller["readinessProbe"]["httpGet"]["path"], "/readyz");
     // The Event reporter's instance and leader election identity, and the Lease's
     // namespace, from the downward API.
     for (variable, field) in [
@@ -285,6 +294,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         "concurrency": 8,
         "replicas": 2,
         "leaderElection": {"leaseDuration": 30},
+        "httpPort": 9090,
         "extraArgs": ["--example=1"],
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
@@ -323,6 +333,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--leader-elect",
             "--leader-election-lease=metrics-controller",
             "--leader-election-lease-duration=30",
+            "--http-address=0.0.0.0:9090",
             "--example=1",
         ]
     );

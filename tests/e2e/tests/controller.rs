@@ -309,6 +309,57 @@ async fn a_missing_worker_service_account_holds_calculations_pending_until_it_ex
     wait_for_state(&cluster, "checkout-revenue", "Completed", 120).await;
 }
 
+/// `GET path` on `address`: the status line and the body.
+async fn http_get(address: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: tally\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_controller_serves_probes_and_prometheus_metrics() {
+    let cluster = example_cluster("http-endpoint").await;
+    // A free port: bound by the test, released, then given to the controller.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let _controller = cluster.start_controller_with(&["--http-address", &address], &[]);
+    wait_for_state(&cluster, "checkout-revenue", "Completed", 120).await;
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            http_get(&address, probe).await.0,
+            "HTTP/1.1 200 OK",
+            "{probe}"
+        );
+    }
+    let (status, metrics) = http_get(&address, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let reconciles = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tally_reconciles_total{kind=\"MetricCalculation\",result=\"ok\"} ")
+        })
+        .unwrap_or_else(|| panic!("no calculation reconciles in\n{metrics}"));
+    assert!(reconciles.parse::<u64>().unwrap() > 0, "{metrics}");
+    assert!(metrics.lines().any(|l| l == "tally_leader 1"), "{metrics}");
+    assert_eq!(
+        http_get(&address, "/nothing").await.0,
+        "HTTP/1.1 404 Not Found"
+    );
+}
+
 #[tokio::test]
 async fn cancel_during_running_stops_the_worker() {
     let cluster = example_cluster("cancel-running").await;
