@@ -49,6 +49,11 @@ pub struct DuckDbSettings {
     /// DuckDB `memory_limit` setting, e.g. `4GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<String>,
+    /// Where DuckDB writes what does not fit in memory. Default: in calculation Jobs,
+    /// their scratch volume (an emptyDir, as the root filesystem is read-only); in
+    /// `tally run`, DuckDB's own (`.tmp` in the working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_directory: Option<String>,
 }
 
 /// Pod and Job settings for calculation Jobs; unset fields take the controller's defaults.

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
     core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext,
-        PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext,
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+        PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume,
+        VolumeMount,
     },
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
@@ -54,6 +55,10 @@ pub fn service_account(settings: &JobSettings, defaults: &JobDefaults) -> Option
         .or_else(|| defaults.service_account_name.clone())
 }
 
+/// The emptyDir every calculation Job gets for DuckDB's spill files.
+const SCRATCH_VOLUME: &str = "tally-scratch";
+const SCRATCH_MOUNT: &str = "/var/tmp/tally";
+
 pub fn build_job(
     calculation: &MetricCalculation,
     plan: &CalculationPlan,
@@ -69,7 +74,14 @@ pub fn build_job(
         CALCULATION_LABEL.to_string(),
         super::names::label_value(&calculation.name_any()),
     )]);
-    let plan_json = serde_json::to_string(plan).ok()?;
+    // The root filesystem is read-only: DuckDB spills to the scratch volume unless
+    // the Warehouse names another place.
+    let mut plan = plan.clone();
+    plan.engine
+        .duckdb
+        .temp_directory
+        .get_or_insert_with(|| SCRATCH_MOUNT.to_string());
+    let plan_json = serde_json::to_string(&plan).ok()?;
     let env = vec![
         EnvVar {
             name: PLAN_ENV.into(),
@@ -104,7 +116,18 @@ pub fn build_job(
         args: Some(vec!["worker".into()]),
         env: Some(env),
         resources: settings.resources.clone(),
-        volume_mounts: (!settings.volume_mounts.is_empty()).then(|| settings.volume_mounts.clone()),
+        volume_mounts: Some(
+            settings
+                .volume_mounts
+                .iter()
+                .cloned()
+                .chain([VolumeMount {
+                    name: SCRATCH_VOLUME.into(),
+                    mount_path: SCRATCH_MOUNT.into(),
+                    ..VolumeMount::default()
+                }])
+                .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -146,7 +169,18 @@ pub fn build_job(
                     restart_policy: Some("Never".into()),
                     service_account_name: service_account(settings, defaults),
                     containers: vec![container],
-                    volumes: (!settings.volumes.is_empty()).then(|| settings.volumes.clone()),
+                    volumes: Some(
+                        settings
+                            .volumes
+                            .iter()
+                            .cloned()
+                            .chain([Volume {
+                                name: SCRATCH_VOLUME.into(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Volume::default()
+                            }])
+                            .collect(),
+                    ),
                     node_selector: (!settings.node_selector.is_empty())
                         .then(|| settings.node_selector.clone()),
                     tolerations: (!settings.tolerations.is_empty())
@@ -167,4 +201,96 @@ pub fn build_job(
         }),
         ..Job::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{EngineSettings, PlanTimes, ResultLayout};
+
+    fn calculation() -> MetricCalculation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tally.dev/v1alpha1",
+            "kind": "MetricCalculation",
+            "metadata": {"name": "calc", "namespace": "ns", "uid": "u-1", "generation": 2},
+            "spec": {"metric": "m", "exposureTable": "e",
+                     "startTime": "2026-10-15T00:00:00Z", "endTime": "2026-11-05T00:00:00Z"},
+        }))
+        .unwrap()
+    }
+
+    fn plan() -> CalculationPlan {
+        let t: jiff::Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
+        CalculationPlan {
+            calculation: "ns/calc".into(),
+            engine: EngineSettings {
+                engine: crate::api::Engine::DuckDb,
+                duckdb: Default::default(),
+            },
+            sql: "SELECT 1".into(),
+            layout: ResultLayout {
+                ratio: false,
+                cuped: false,
+                dimensions: vec![],
+            },
+            times: PlanTimes {
+                exposure_start: t,
+                exposure_end: t,
+                fact_start: t,
+                fact_end: t,
+            },
+            control: "control".into(),
+            exposure_groups: vec![],
+            sources: vec![],
+        }
+    }
+
+    fn plan_of(job: &Job) -> CalculationPlan {
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let plan = env.iter().find(|e| e.name == PLAN_ENV).unwrap();
+        serde_json::from_str(plan.value.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn duckdb_spills_to_a_scratch_volume_beside_the_warehouse_volumes() {
+        let settings: JobSettings = serde_json::from_value(serde_json::json!({
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "lake"}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": true}],
+        }))
+        .unwrap();
+        let job = build_job(&calculation(), &plan(), &settings, &JobDefaults::default()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("calc-2"));
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let volumes: Vec<&str> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["data", SCRATCH_VOLUME]);
+        let scratch = &pod.volumes.as_ref().unwrap()[1];
+        assert!(scratch.empty_dir.is_some());
+        let mounts: Vec<(&str, &str)> = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        assert_eq!(mounts, [("data", "/data"), (SCRATCH_VOLUME, SCRATCH_MOUNT)]);
+        assert_eq!(
+            plan_of(&job).engine.duckdb.temp_directory.as_deref(),
+            Some(SCRATCH_MOUNT)
+        );
+        // A Warehouse's own temp directory is kept.
+        let mut own = plan();
+        own.engine.duckdb.temp_directory = Some("/data/spill".into());
+        let job = build_job(&calculation(), &own, &settings, &JobDefaults::default()).unwrap();
+        assert_eq!(
+            plan_of(&job).engine.duckdb.temp_directory.as_deref(),
+            Some("/data/spill")
+        );
+    }
 }

@@ -44,6 +44,11 @@ fn open(settings: &DuckDbSettings) -> Result<Connection, EngineError> {
             .threads(i64::from(threads))
             .map_err(setting_error("threads"))?;
     }
+    if let Some(directory) = &settings.temp_directory {
+        config = config
+            .with("temp_directory", directory)
+            .map_err(setting_error("tempDirectory"))?;
+    }
     if let Some(limit) = &settings.memory_limit {
         config = config
             .max_memory(limit)
@@ -225,5 +230,24 @@ mod tests {
         assert!(!file.exists());
         let result = run(&DuckDbSettings::default(), "SELECT 42 AS answer;", |_| {}).unwrap();
         assert_eq!(result.rows, vec![vec![SqlValue::Int(42)]]);
+    }
+
+    #[test]
+    fn the_temp_directory_setting_reaches_duckdb() {
+        let directory = std::env::temp_dir().join(format!("tally-spill-{}", std::process::id()));
+        let settings = DuckDbSettings {
+            temp_directory: Some(directory.display().to_string()),
+            ..DuckDbSettings::default()
+        };
+        let result = run(
+            &settings,
+            "SELECT current_setting('temp_directory') AS directory",
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            result.rows,
+            vec![vec![SqlValue::Text(directory.display().to_string())]]
+        );
     }
 }
