@@ -225,9 +225,13 @@ impl<'a> Decider<'a> {
         };
         let known = self.status.latest_calculation.as_deref() == Some(newest.name.as_str());
         let newer_iteration = newest.iteration > self.status.iteration.unwrap_or(0);
-        let not_yet_counted = self
-            .next_run_time()
-            .is_none_or(|next| next <= newest.fire_time);
+        // Without a next run (the last one is made, or the schedule is cancelled) no
+        // run is created, so a child the status does not name is an older one whose
+        // successor was deleted, not a new one.
+        let not_yet_counted = match self.next_run_time() {
+            Some(next) => next <= newest.fire_time,
+            None => self.status.latest_calculation.is_none(),
+        };
         if known || !(newer_iteration || not_yet_counted) {
             return;
         }
@@ -356,8 +360,23 @@ impl<'a> Decider<'a> {
         true
     }
 
-    /// The active schedule: make the due run, wait for data, or wait for its time.
+    /// The active schedule: end it, make the due run, wait for data, or wait for its
+    /// time.
     fn active(&mut self, grid: &RunGrid) {
+        // Past its end time with no run left or running, a schedule ends whatever
+        // else holds it (a template that no longer resolves, say).
+        let next_run = self.next_run_time().and_then(|t| grid.first_at_or_after(t));
+        if next_run.is_none()
+            && self.running().is_none()
+            && let Some(end) = grid.end()
+            && self.o.now >= end
+        {
+            self.cancel(
+                SCHEDULE_ENDED,
+                &format!("scheduleEndTime {end} has passed; no run is left"),
+            );
+            return;
+        }
         if let Err(message) = &self.o.definition {
             let message = message.clone();
             let changed = reason_of(&self.status.conditions, READY) != Some("InvalidCalculation")
@@ -377,6 +396,9 @@ impl<'a> Decider<'a> {
             if changed {
                 self.actions.push(warning("InvalidCalculation", message));
             }
+            // Nothing else wakes a schedule whose template stays broken: it must still
+            // end on time.
+            self.wake_at = grid.end().filter(|end| *end > self.o.now);
             return;
         }
         self.condition(READY, true, "Resolved", "");
@@ -395,7 +417,6 @@ impl<'a> Decider<'a> {
             return;
         }
 
-        let next_run = self.next_run_time().and_then(|t| grid.first_at_or_after(t));
         let Some(next_run) = next_run else {
             match grid.end() {
                 // The last run is made; the schedule ends at its end time, not before:
@@ -1113,6 +1134,39 @@ mod tests {
         w.settle();
         assert_eq!(w.o.status.state, Some(ScheduleState::Active));
         assert_eq!(w.created_names().last(), Some(&"daily-0-8"));
+    }
+
+    #[test]
+    fn a_schedule_whose_template_broke_after_its_last_run_still_ends_on_time() {
+        let mut w = World::with_grid("2026-11-02T00:00:00Z", &[24], Some("2026-11-03T06:00:00Z"));
+        w.settle();
+        w.finish_all();
+        w.at("2026-11-03T00:00:00Z").settle();
+        w.finish_all();
+        w.at("2026-11-03T00:10:00Z").settle();
+        assert_eq!(w.reason("Active"), Some("LastRunMade"));
+        w.o.definition = Err("Metric/revenue does not exist".into());
+        let decision = w.at("2026-11-03T01:00:00Z").settle();
+        assert_eq!(decision.wake_at, Some(t("2026-11-03T06:00:00Z")));
+        w.at("2026-11-03T06:00:00Z").settle();
+        assert_eq!(w.o.status.state, Some(ScheduleState::Cancelled));
+        assert_eq!(w.reason("Active"), Some("ScheduleEnded"));
+    }
+
+    #[test]
+    fn deleting_the_last_run_while_the_schedule_waits_for_its_end_does_not_remake_it() {
+        let mut w = World::with_grid("2026-11-02T00:00:00Z", &[24], Some("2026-11-03T06:00:00Z"));
+        w.settle();
+        w.finish_all();
+        w.at("2026-11-03T00:00:00Z").settle();
+        w.finish_all();
+        w.at("2026-11-03T00:10:00Z").settle();
+        let executed = w.o.status.executed_calculations_count;
+        w.o.children.retain(|c| c.name != "daily-0-1");
+        w.at("2026-11-03T01:00:00Z").settle();
+        assert_eq!(w.created_names(), ["daily-0-0", "daily-0-1"]);
+        assert_eq!(w.o.status.executed_calculations_count, executed);
+        assert_eq!(w.reason("Active"), Some("LastRunMade"));
     }
 
     #[test]
