@@ -74,10 +74,10 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         election: ElectionArgs,
-        /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g.
-        /// 0.0.0.0:8080.
+        /// Serve /healthz, /readyz and /metrics (Prometheus) on this address: HOST:PORT,
+        /// or :PORT for every interface.
         #[arg(long, env = "TALLY_HTTP_ADDRESS")]
-        http_address: Option<std::net::SocketAddr>,
+        http_address: Option<tally::controller::telemetry::ListenAddress>,
     },
     /// Cancel a calculation or a schedule (sets tally.dev/cancel): `mc/NAME` or `smc/NAME`.
     Cancel {
@@ -235,7 +235,7 @@ fn controller(
     concurrency: u16,
     format: LogFormat,
     election: ElectionArgs,
-    http_address: Option<std::net::SocketAddr>,
+    http_address: Option<tally::controller::telemetry::ListenAddress>,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -269,7 +269,7 @@ fn controller(
             tokio::spawn(async move {
                 // Reconciling goes on without it; the kubelet's probes will report it.
                 if let Err(error) = tally::controller::telemetry::serve(address, metrics).await {
-                    tracing::error!(%address, %error, "cannot serve /healthz and /metrics");
+                    tracing::error!(%error, "cannot serve /healthz, /readyz and /metrics");
                 }
             });
         }

@@ -75,7 +75,13 @@ pub fn build_job(
         super::names::label_value(&calculation.name_any()),
     )]);
     // The root filesystem is read-only: DuckDB spills to the scratch volume unless
-    // the Warehouse names another place.
+    // the Warehouse names another place. A Warehouse volume of the scratch volume's
+    // name or mounted at its path stands in for it (two would make the Job invalid).
+    let scratch = !settings.volumes.iter().any(|v| v.name == SCRATCH_VOLUME)
+        && !settings
+            .volume_mounts
+            .iter()
+            .any(|m| m.name == SCRATCH_VOLUME || m.mount_path == SCRATCH_MOUNT);
     let mut plan = plan.clone();
     plan.engine
         .duckdb
@@ -121,11 +127,11 @@ pub fn build_job(
                 .volume_mounts
                 .iter()
                 .cloned()
-                .chain([VolumeMount {
+                .chain(scratch.then(|| VolumeMount {
                     name: SCRATCH_VOLUME.into(),
                     mount_path: SCRATCH_MOUNT.into(),
                     ..VolumeMount::default()
-                }])
+                }))
                 .collect(),
         ),
         security_context: Some(SecurityContext {
@@ -174,11 +180,11 @@ pub fn build_job(
                             .volumes
                             .iter()
                             .cloned()
-                            .chain([Volume {
+                            .chain(scratch.then(|| Volume {
                                 name: SCRATCH_VOLUME.into(),
                                 empty_dir: Some(EmptyDirVolumeSource::default()),
                                 ..Volume::default()
-                            }])
+                            }))
                             .collect(),
                     ),
                     node_selector: (!settings.node_selector.is_empty())
@@ -284,6 +290,16 @@ mod tests {
             plan_of(&job).engine.duckdb.temp_directory.as_deref(),
             Some(SCRATCH_MOUNT)
         );
+        // A Warehouse volume at the scratch path replaces the scratch volume.
+        let own_mount: JobSettings = serde_json::from_value(serde_json::json!({
+            "volumes": [{"name": "fast-disk", "hostPath": {"path": "/mnt/nvme"}}],
+            "volumeMounts": [{"name": "fast-disk", "mountPath": SCRATCH_MOUNT}],
+        }))
+        .unwrap();
+        let job = build_job(&calculation(), &plan(), &own_mount, &JobDefaults::default()).unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert_eq!(pod.volumes.as_ref().unwrap().len(), 1);
+        assert_eq!(pod.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
         // A Warehouse's own temp directory is kept.
         let mut own = plan();
         own.engine.duckdb.temp_directory = Some("/data/spill".into());

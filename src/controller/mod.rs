@@ -380,14 +380,24 @@ async fn reconcile(
         && let Some(name) = job::service_account(&warehouse, &ctx.defaults)
     {
         let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
-        if accounts.get_opt(&name).await?.is_none() {
-            actions = decide(&Observed {
-                missing_service_account: Some(MissingServiceAccount {
-                    namespace: namespace.clone(),
-                    name,
-                }),
-                ..observed.clone()
-            });
+        match accounts.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                actions = decide(&Observed {
+                    missing_service_account: Some(MissingServiceAccount {
+                        namespace: namespace.clone(),
+                        name,
+                    }),
+                    ..observed.clone()
+                });
+            }
+            // The check is a courtesy: without the right to make it (RBAC kept from an
+            // older chart), the Job is created as before.
+            Err(error) => tracing::warn!(
+                %error,
+                service_account = %name,
+                "could not check the worker's ServiceAccount; creating the Job anyway"
+            ),
         }
     }
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);

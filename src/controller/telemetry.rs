@@ -128,15 +128,59 @@ fn route(method: &str, target: &str, metrics: &Metrics) -> (&'static str, &'stat
     }
 }
 
+/// Where to listen: `HOST:PORT`, or `:PORT` for every interface (IPv6 and IPv4 where
+/// the host has IPv6, else IPv4), as probes reach a Pod on whichever family its
+/// cluster uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenAddress(Vec<SocketAddr>);
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |e: &dyn std::fmt::Display| format!("{text:?}: {e} (use HOST:PORT or :PORT)");
+        match text.strip_prefix(':') {
+            Some(port) => {
+                let port: u16 = port.parse().map_err(|e| invalid(&e))?;
+                Ok(Self(vec![
+                    SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+                    SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+                ]))
+            }
+            None => Ok(Self(vec![text.parse().map_err(|e| invalid(&e))?])),
+        }
+    }
+}
+
+/// Connections answered at once; more wait in the listen backlog, so a flood of idle
+/// connections cannot hold the controller's memory.
+const CONCURRENT_CONNECTIONS: usize = 16;
+
 /// Serves `/healthz`, `/readyz` and `/metrics` on `address` until the process ends.
-pub async fn serve(address: SocketAddr, metrics: std::sync::Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+pub async fn serve(
+    address: ListenAddress,
+    metrics: std::sync::Arc<Metrics>,
+) -> std::io::Result<()> {
+    let mut bound = Err(std::io::Error::other("no address to listen on"));
+    for candidate in &address.0 {
+        bound = TcpListener::bind(candidate).await;
+        if bound.is_ok() {
+            break;
+        }
+    }
+    let listener = bound?;
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                // Out of file descriptors, say: retrying at once would spin.
                 tracing::warn!(%error, "accepting an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -144,10 +188,11 @@ pub async fn serve(address: SocketAddr, metrics: std::sync::Arc<Metrics>) -> std
         tokio::spawn(async move {
             // A client that sends nothing is dropped rather than held open.
             let answered =
-                tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics)).await;
+                tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics)).await;
             if let Ok(Err(error)) = answered {
                 tracing::debug!(%error, "answering an HTTP request");
             }
+            drop(slot);
         });
     }
 }
@@ -213,6 +258,23 @@ mod tests {
             .parse()
             .unwrap();
         assert!((sum - 60.043).abs() < 1e-9);
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let any: ListenAddress = ":8080".parse().unwrap();
+        assert_eq!(
+            any.0,
+            [
+                "[::]:8080".parse::<SocketAddr>().unwrap(),
+                "0.0.0.0:8080".parse().unwrap()
+            ]
+        );
+        let one: ListenAddress = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(one.0, ["127.0.0.1:9090".parse::<SocketAddr>().unwrap()]);
+        for bad in [":http", "localhost", ":70000", ""] {
+            assert!(bad.parse::<ListenAddress>().is_err(), "{bad}");
+        }
     }
 
     #[test]

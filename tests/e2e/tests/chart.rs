@@ -239,7 +239,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "--leader-elect",
             "--leader-election-lease=tally-controller",
             "--leader-election-lease-duration=15",
-            "--http-address=0.0.0.0:8080",
+            "--http-address=:8080",
         ]
     );
     // Probes and metrics on the named port the controller serves.
@@ -333,7 +333,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--leader-elect",
             "--leader-election-lease=metrics-controller",
             "--leader-election-lease-duration=30",
-            "--http-address=0.0.0.0:9090",
+            "--http-address=:9090",
             "--example=1",
         ]
     );
