@@ -785,6 +785,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_cancelled_schedules_ignore_reference_changes() {
+        let schedule = |state| {
+            let mut s: ScheduledMetricCalculation = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tally.dev/v1alpha1",
+                "kind": "ScheduledMetricCalculation",
+                "metadata": {"name": "s", "namespace": "ns"},
+                "spec": {"metricCalculationSpec": {"metric": "m", "exposureTable": "e"},
+                         "scheduleStartTime": "2026-10-15T00:00:00Z",
+                         "scheduleIntervals": ["1d"]},
+            }))
+            .unwrap();
+            s.status = Some(crate::api::ScheduledMetricCalculationStatus {
+                state,
+                ..Default::default()
+            });
+            s
+        };
+        assert!(schedule_settled(&schedule(Some(ScheduleState::Cancelled))));
+        // An active schedule waits for data that a table's status may announce.
+        assert!(!schedule_settled(&schedule(Some(ScheduleState::Active))));
+        assert!(!schedule_settled(&schedule(None)));
+    }
+
+    #[test]
     fn only_finished_current_generations_ignore_reference_changes() {
         let calculation = |state, observed_generation, generation| {
             let mut c: MetricCalculation = serde_json::from_value(serde_json::json!({
