@@ -4,7 +4,7 @@ use crate::api::{Analysis, Comparison, Effect, SampleRatioMismatch};
 
 use super::{
     Moments, Z_975, chi_square_survival,
-    moments::{ROUNDING, beyond_rounding},
+    moments::beyond_rounding,
     normal_two_sided_p,
     summary::{BucketMoments, BucketSums, CupedSums},
 };
@@ -155,7 +155,7 @@ fn cuped_effect(
         // A variance within rounding of zero, relative to the mean square of x, is
         // zero: dividing by it would make theta rounding noise.
         (Some(covariance), Some(variance))
-            if variance > ROUNDING * pooled.sum_of_products(X, X) / pooled.n as f64 =>
+            if variance > 1e-12 * pooled.sum_of_products(X, X) / pooled.n as f64 =>
         {
             Some(covariance / variance).filter(|theta| theta.is_finite())
         }
@@ -164,15 +164,12 @@ fn cuped_effect(
     .unwrap_or(0.0);
     let difference = (t.mean(Y)? - c.mean(Y)?) - theta * (t.mean(X)? - c.mean(X)?);
     let adjusted_variance = |post: &Moments<1>, m: &Moments<2>| {
-        let terms = [
-            post.variance(0)?,
-            theta.powi(2) * m.variance(X)?,
-            -2.0 * theta * m.covariance(X, Y)?,
-        ];
-        Some(beyond_rounding(
-            terms.iter().sum(),
-            terms.iter().map(|t| t.abs()).sum(),
-        ))
+        let variance = post.variance(0)? + theta.powi(2) * m.variance(X)?
+            - 2.0 * theta * m.covariance(X, Y)?;
+        let rounding = post.rounding(0, 0)
+            + theta.powi(2) * m.rounding(X, X)
+            + 2.0 * theta.abs() * m.rounding(X, Y);
+        Some(beyond_rounding(variance, rounding))
     };
     let se = (|| {
         Some(
@@ -194,14 +191,12 @@ fn ratio_and_variance(m: &Moments<2>) -> Option<(f64, Option<f64>)> {
         // var_y/μd² − 2μy·cov/μd³ + μy²·var_d/μd⁴ with R = μy/μd factored out, so no
         // fourth power overflows or underflows for means far from 1.
         let r = mean_y / mean_d;
-        let terms = [
-            m.variance(Y)?,
-            -2.0 * r * m.covariance(Y, D)?,
-            r.powi(2) * m.variance(D)?,
-        ];
+        let variance =
+            m.variance(Y)? - 2.0 * r * m.covariance(Y, D)? + r.powi(2) * m.variance(D)?;
+        let rounding =
+            m.rounding(Y, Y) + 2.0 * r.abs() * m.rounding(Y, D) + r.powi(2) * m.rounding(D, D);
         // Zero, not noise, when every entity has the same ratio.
-        let variance = beyond_rounding(terms.iter().sum(), terms.iter().map(|t| t.abs()).sum());
-        Some(variance / mean_d.powi(2) / m.n as f64)
+        Some(beyond_rounding(variance, rounding) / mean_d.powi(2) / m.n as f64)
     })();
     ratio.is_finite().then_some((ratio, variance))
 }

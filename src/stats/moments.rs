@@ -1,20 +1,13 @@
 use std::ops::Add;
 
-/// Relative size below which a difference of sums is rounding noise. Second moments
-/// from Σv² − (Σv)²/n lose about log10(mean²/variance) digits of the 16 a double has;
-/// a variance below 1e-12 of the mean square has fewer than 4 left.
-pub const ROUNDING: f64 = 1e-12;
+/// Machine epsilons a difference of sums may carry per √n of the sums it comes from.
+const ROUNDING_UNITS: f64 = 8.0;
 
-/// `value`, or 0 when it is within rounding of zero relative to `scale` (the size of
-/// the terms it was computed from). A variance that the sums make slightly negative or
-/// slightly positive where the data do not vary at all is 0, not noise that would
-/// give a standard error near zero and a p-value of 0.
-pub fn beyond_rounding(value: f64, scale: f64) -> f64 {
-    if value <= ROUNDING * scale.abs() {
-        0.0
-    } else {
-        value
-    }
+/// `value`, or 0 when it is within `rounding` of zero. A variance that the sums make
+/// slightly negative or slightly positive where the data do not vary at all is 0,
+/// not noise that would give a standard error near zero and a p-value of 0.
+pub fn beyond_rounding(value: f64, rounding: f64) -> f64 {
+    if value <= rounding { 0.0 } else { value }
 }
 
 /// Sufficient statistics of K variables over n entities: Σv_i and Σv_i·v_j.
@@ -92,9 +85,17 @@ impl<const K: usize> Moments<K> {
 
     /// Sample variance (n − 1), never negative; absent below two entities.
     pub fn variance(&self, i: usize) -> Option<f64> {
-        let mean_square = self.products[i][i] / (self.n as f64 - 1.0);
         self.covariance(i, i)
-            .map(|variance| beyond_rounding(variance, mean_square))
+            .map(|variance| beyond_rounding(variance, self.rounding(i, i)))
+    }
+
+    /// A bound on the rounding error of [`Self::covariance`]`(i, j)`: Σv_i·v_j −
+    /// Σv_i·Σv_j/n keeps the absolute error of the sums, about ε·√n of the sums of
+    /// squares, however small the difference.
+    pub fn rounding(&self, i: usize, j: usize) -> f64 {
+        let n = self.n as f64;
+        let magnitude = self.products[i][i].abs().sqrt() * self.products[j][j].abs().sqrt();
+        ROUNDING_UNITS * f64::EPSILON * n.sqrt() * magnitude / (n - 1.0).max(1.0)
     }
 }
 
@@ -156,6 +157,8 @@ mod tests {
         // Real spread, however small against the mean, stays.
         let m = Moments::from_observations(&[[1000.0], [1000.01]]);
         assert!(m.variance(0).unwrap() > 0.0);
+        let m = Moments::from_observations(&[[1e6], [1e6 + 1.0], [1e6], [1e6 + 1.0]]);
+        assert!((m.variance(0).unwrap() - 1.0 / 3.0).abs() < 1e-9);
     }
 
     #[test]
