@@ -7,6 +7,7 @@ use std::{
 
 use serde::de::DeserializeOwned;
 
+use crate::api::unknown_fields::first_unknown_field;
 use crate::api::{
     API_VERSION, DimensionTable, ExposureTable, FactTable, GROUP, Metric, MetricCalculation,
     ScheduledMetricCalculation, TableSource, Warehouse,
@@ -171,6 +172,16 @@ impl Manifests {
         }
         if name.is_empty() {
             return Err(invalid("metadata.name", "is required".into()));
+        }
+        // What kubectl's strict field validation refuses: a misspelt field would
+        // otherwise be dropped, and a different metric computed without a word.
+        if let Ok(object) = serde_json::to_value(&value)
+            && let Some((field, known)) = first_unknown_field(&kind, &object)
+        {
+            return Err(invalid(
+                &field,
+                format!("unknown field; known here: {}", known.join(", ")),
+            ));
         }
         fn typed<T: DeserializeOwned>(
             value: serde_yaml::Value,

@@ -428,3 +428,21 @@ fn an_infinite_measurement_or_an_overflowing_square_is_an_error_not_a_result() {
         );
     }
 }
+
+#[test]
+fn a_misspelt_field_stops_the_run_naming_file_resource_and_field() {
+    let facts = "user_id,ts,amount\n1,2026-10-02T00:00:00Z,5\n";
+    let dir = experiment(
+        "misspelt",
+        facts,
+        "  average:\n    measurement: {factTable: facts, measurement: amount, aggregation: Sum, filters: \"amount > 3\"}",
+    );
+    let error = run_error(&dir);
+    assert!(
+        error.contains("manifests.yaml")
+            && error.contains("Metric/m")
+            && error.contains("spec.average.measurement.filters: unknown field")
+            && error.contains("filter,"),
+        "{error}"
+    );
+}

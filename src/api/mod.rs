@@ -12,6 +12,7 @@ mod metric;
 mod metric_calculation;
 mod results;
 mod scheduled_metric_calculation;
+pub mod unknown_fields;
 mod warehouse;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
