@@ -446,3 +446,56 @@ fn a_misspelt_field_stops_the_run_naming_file_resource_and_field() {
         "{error}"
     );
 }
+
+#[test]
+fn an_exposure_row_without_a_variant_still_marks_the_first_exposure() {
+    let dir = std::env::temp_dir().join(format!("tally-csv-null-variant-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    // User 1 is first seen at 08:00 with no variant, then at 10:00 in control: its
+    // window opens at 08:00, so the 09:00 purchase counts.
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant\n\
+         1,2026-10-01T08:00:00Z,\n\
+         1,2026-10-01T10:00:00Z,control\n\
+         2,2026-10-01T10:00:00Z,treatment\n\
+         3,2026-10-01T10:00:00Z,\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("facts.csv"),
+        "user_id,ts,amount\n1,2026-10-01T09:00:00Z,5\n3,2026-10-02T00:00:00Z,7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("manifests.yaml"),
+        r#"
+apiVersion: tally.dev/v1alpha1
+kind: ExposureTable
+metadata: {name: exp}
+spec: {source: {files: exposures.csv}, entityColumn: user_id, timestampColumn: ts, variantColumn: variant}
+---
+apiVersion: tally.dev/v1alpha1
+kind: FactTable
+metadata: {name: facts}
+spec: {source: {files: facts.csv}, entityColumn: user_id, timestampColumn: ts, measurements: [{name: amount}]}
+---
+apiVersion: tally.dev/v1alpha1
+kind: Metric
+metadata: {name: m}
+spec: {type: Average, average: {measurement: {factTable: facts, measurement: amount, aggregation: Sum}}}
+---
+apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {name: mc}
+spec: {metric: m, exposureTable: exp, startTime: "2026-10-01T00:00:00Z", endTime: "2026-10-10T00:00:00Z"}
+"#,
+    )
+    .unwrap();
+    let status = status(&dir);
+    assert_eq!(overall(&status, "control"), (1, 5.0, 0));
+    // User 3 never had a variant: in no bucket, and not a multiple-variant entity.
+    assert_eq!(overall(&status, "treatment"), (1, 0.0, 0));
+    assert_eq!(status["analysis"]["multipleVariantEntities"], 0);
+}

@@ -226,7 +226,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     }
     let _ = write!(
         sql,
-        "exposure_rows AS (\n  SELECT {entity} AS entity, {ts} AS ts, CAST({variant} AS VARCHAR) AS variant{dims_select}\n  FROM {source} AS exposure_source\n  WHERE {entity} IS NOT NULL AND {variant} IS NOT NULL\n    AND {ts} >= {start} AND {ts} < {end}\n),\n",
+        "exposure_rows AS (\n  SELECT {entity} AS entity, {ts} AS ts, CAST({variant} AS VARCHAR) AS variant{dims_select}\n  FROM {source} AS exposure_source\n  WHERE {entity} IS NOT NULL\n    AND {ts} >= {start} AND {ts} < {end}\n),\n",
         entity = quote_ident(&e.entity),
         ts = ts(&quote_ident(&e.timestamp)),
         variant = quote_ident(&e.variant),
