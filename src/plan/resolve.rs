@@ -302,12 +302,27 @@ pub fn resolve(
             let average = metric.spec.average.as_ref().ok_or_else(|| {
                 PlanError::invalid(&metric_name, "spec.average", "required for type Average")
             })?;
+            // The CRD refuses this too; without it, the ratio would be ignored.
+            if metric.spec.ratio.is_some() {
+                return Err(PlanError::invalid(
+                    &metric_name,
+                    "spec.ratio",
+                    "must not be set for type Average",
+                ));
+            }
             vec![("spec.average.measurement", &average.measurement)]
         }
         MetricType::Ratio => {
             let ratio = metric.spec.ratio.as_ref().ok_or_else(|| {
                 PlanError::invalid(&metric_name, "spec.ratio", "required for type Ratio")
             })?;
+            if metric.spec.average.is_some() {
+                return Err(PlanError::invalid(
+                    &metric_name,
+                    "spec.average",
+                    "must not be set for type Ratio",
+                ));
+            }
             vec![
                 ("spec.ratio.numerator", &ratio.numerator),
                 ("spec.ratio.denominator", &ratio.denominator),

@@ -200,6 +200,17 @@ fn string_literals_are_escaped() {
 }
 
 #[test]
+fn a_metric_has_only_the_block_of_its_type() {
+    let both = format!(
+        "{REVENUE}  ratio:\n    numerator: {{factTable: purchases, measurement: amount, aggregation: Sum}}\n    denominator: {{factTable: purchases, aggregation: Count}}\n"
+    );
+    let error = resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, &both)).unwrap_err();
+    let (_, field, message) = invalid_field(error);
+    assert_eq!(field, "spec.ratio");
+    assert_eq!(message, "must not be set for type Average");
+}
+
+#[test]
 fn exposure_groups_must_contain_the_control() {
     let catalog = catalog(EXPOSURES, PURCHASES, REVENUE);
     let mut calc = calculation();
