@@ -106,10 +106,9 @@ pub fn run(paths: &[PathBuf], format: OutputFormat) -> Result<String, CliError> 
         OutputFormat::Yaml => outputs
             .iter()
             .map(|(calculation, status)| {
-                format!(
-                    "---\n{}",
-                    serde_yaml::to_string(&with_status(calculation, status)).unwrap_or_default()
-                )
+                let object =
+                    serde_json::to_value(with_status(calculation, status)).unwrap_or_default();
+                format!("---\n{}", crate::yaml::to_string(&object))
             })
             .collect(),
         OutputFormat::Json => {

@@ -12,3 +12,4 @@ pub mod result;
 pub mod schedule;
 pub mod stats;
 pub mod worker;
+pub mod yaml;
