@@ -11,10 +11,16 @@ use tally::cli::{self, OutputFormat};
 /// A fresh directory with `exposures.csv` (users 1–3 in control, 4–6 in treatment,
 /// exposed on 2026-10-01 at 10:00 UTC), the given `facts.csv`, and manifests for one
 /// calculation of `metric` (the spec of an Average metric on FactTable `facts`).
-fn experiment(name: &str, facts: &str, metric: &str) -> PathBuf {
+/// A fresh, empty directory named after `name`.
+fn fresh_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-csv-{name}-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn experiment(name: &str, facts: &str, metric: &str) -> PathBuf {
+    let dir = fresh_dir(name);
     let mut exposures = String::from("user_id,ts,variant\n");
     for user in 1..=6 {
         let variant = if user <= 3 { "control" } else { "treatment" };
@@ -322,9 +328,7 @@ fn control_per_value(status: &Value, dimension: &str) -> Vec<(String, i64)> {
 
 #[test]
 fn ties_on_first_exposure_or_validity_time_do_not_depend_on_row_order() {
-    let dir = std::env::temp_dir().join(format!("tally-csv-ties-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("ties");
     // Users 1 and 2 have two exposure rows at the same first time, in opposite orders;
     // and two dimension rows valid from the same time, in opposite orders.
     std::fs::write(
@@ -449,9 +453,7 @@ fn a_misspelt_field_stops_the_run_naming_file_resource_and_field() {
 
 #[test]
 fn an_exposure_row_without_a_variant_still_marks_the_first_exposure() {
-    let dir = std::env::temp_dir().join(format!("tally-csv-null-variant-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("null-variant");
     // User 1 is first seen at 08:00 with no variant, then at 10:00 in control: its
     // window opens at 08:00, so the 09:00 purchase counts.
     std::fs::write(

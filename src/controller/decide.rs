@@ -412,32 +412,9 @@ pub fn decide(o: &Observed) -> Vec<Action> {
 mod tests {
     use super::*;
     use crate::api::{Analysis, MetricResults};
-    use crate::plan::{EngineSettings, PlanTimes, ResultLayout};
 
     fn plan() -> CalculationPlan {
-        let t: Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
-        CalculationPlan {
-            calculation: "ns/calc".into(),
-            engine: EngineSettings {
-                engine: crate::api::Engine::DuckDb,
-                duckdb: Default::default(),
-            },
-            sql: "SELECT 1".into(),
-            layout: ResultLayout {
-                ratio: false,
-                cuped: false,
-                dimensions: vec![],
-            },
-            times: PlanTimes {
-                exposure_start: t,
-                exposure_end: t,
-                fact_start: t,
-                fact_end: t,
-            },
-            control: "control".into(),
-            exposure_groups: vec![],
-            sources: vec![],
-        }
+        CalculationPlan::for_tests()
     }
 
     fn result() -> CalculationResult {

@@ -212,7 +212,6 @@ pub fn build_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{EngineSettings, PlanTimes, ResultLayout};
 
     fn calculation() -> MetricCalculation {
         serde_json::from_value(serde_json::json!({
@@ -226,29 +225,7 @@ mod tests {
     }
 
     fn plan() -> CalculationPlan {
-        let t: jiff::Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
-        CalculationPlan {
-            calculation: "ns/calc".into(),
-            engine: EngineSettings {
-                engine: crate::api::Engine::DuckDb,
-                duckdb: Default::default(),
-            },
-            sql: "SELECT 1".into(),
-            layout: ResultLayout {
-                ratio: false,
-                cuped: false,
-                dimensions: vec![],
-            },
-            times: PlanTimes {
-                exposure_start: t,
-                exposure_end: t,
-                fact_start: t,
-                fact_end: t,
-            },
-            control: "control".into(),
-            exposure_groups: vec![],
-            sources: vec![],
-        }
+        CalculationPlan::for_tests()
     }
 
     fn plan_of(job: &Job) -> CalculationPlan {

@@ -145,6 +145,36 @@ pub struct CalculationPlan {
     pub sources: Vec<SourceCheck>,
 }
 
+#[cfg(test)]
+impl CalculationPlan {
+    /// A plan of `SELECT 1`, for tests of what carries plans around (decisions, Jobs).
+    pub(crate) fn for_tests() -> Self {
+        let t: jiff::Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
+        Self {
+            calculation: "ns/calc".into(),
+            engine: EngineSettings {
+                engine: crate::api::Engine::DuckDb,
+                duckdb: Default::default(),
+            },
+            sql: "SELECT 1".into(),
+            layout: ResultLayout {
+                ratio: false,
+                cuped: false,
+                dimensions: vec![],
+            },
+            times: PlanTimes {
+                exposure_start: t,
+                exposure_end: t,
+                fact_start: t,
+                fact_end: t,
+            },
+            control: "control".into(),
+            exposure_groups: vec![],
+            sources: vec![],
+        }
+    }
+}
+
 /// A cheap look at one table's source before the calculation, so that a glob that
 /// matches nothing or a missing column is reported against the resource that names
 /// it rather than as an error in the middle of the statement.
