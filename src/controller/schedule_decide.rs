@@ -419,9 +419,10 @@ impl<'a> Decider<'a> {
 
         let Some(next_run) = next_run else {
             match grid.end() {
-                // The last run is made; the schedule ends at its end time, not before:
-                // until then a new spec can still extend it without a resume.
-                Some(end) if self.o.now < end => {
+                // The last run is made; the schedule ends at its end time (checked
+                // above), not before: until then a new spec can still extend it
+                // without a resume.
+                Some(end) => {
                     self.set_next(grid, None);
                     self.activity(ScheduleActivity::default());
                     self.condition(
@@ -433,10 +434,6 @@ impl<'a> Decider<'a> {
                     self.condition(WAITING, false, "LastRunMade", "");
                     self.wake_at = Some(end);
                 }
-                Some(end) => self.cancel(
-                    SCHEDULE_ENDED,
-                    &format!("scheduleEndTime {end} has passed; no run is left"),
-                ),
                 None => self.cancel(SCHEDULE_ENDED, "no run is left"),
             }
             return;
@@ -1136,14 +1133,20 @@ mod tests {
         assert_eq!(w.created_names().last(), Some(&"daily-0-8"));
     }
 
-    #[test]
-    fn a_schedule_whose_template_broke_after_its_last_run_still_ends_on_time() {
+    /// A daily schedule ending at 06:00 on its second day, after both of its runs.
+    fn waiting_for_its_end() -> World {
         let mut w = World::with_grid("2026-11-02T00:00:00Z", &[24], Some("2026-11-03T06:00:00Z"));
         w.settle();
         w.finish_all();
         w.at("2026-11-03T00:00:00Z").settle();
         w.finish_all();
         w.at("2026-11-03T00:10:00Z").settle();
+        w
+    }
+
+    #[test]
+    fn a_schedule_whose_template_broke_after_its_last_run_still_ends_on_time() {
+        let mut w = waiting_for_its_end();
         assert_eq!(w.reason("Active"), Some("LastRunMade"));
         w.o.definition = Err("Metric/revenue does not exist".into());
         let decision = w.at("2026-11-03T01:00:00Z").settle();
@@ -1155,12 +1158,7 @@ mod tests {
 
     #[test]
     fn deleting_the_last_run_while_the_schedule_waits_for_its_end_does_not_remake_it() {
-        let mut w = World::with_grid("2026-11-02T00:00:00Z", &[24], Some("2026-11-03T06:00:00Z"));
-        w.settle();
-        w.finish_all();
-        w.at("2026-11-03T00:00:00Z").settle();
-        w.finish_all();
-        w.at("2026-11-03T00:10:00Z").settle();
+        let mut w = waiting_for_its_end();
         let executed = w.o.status.executed_calculations_count;
         w.o.children.retain(|c| c.name != "daily-0-1");
         w.at("2026-11-03T01:00:00Z").settle();
