@@ -2,6 +2,8 @@
 //! refuses under kubectl's strict field validation, and what `tally run` would
 //! otherwise ignore (a misspelt `filter` silently measures everything).
 
+use std::sync::OnceLock;
+
 use serde_json::Value;
 
 use super::crds;
@@ -10,19 +12,24 @@ use super::crds;
 /// schema does not know, as a path (`spec.average.measurement.filters`) with the
 /// fields known there.
 pub fn first_unknown_field(kind: &str, object: &Value) -> Option<(String, Vec<String>)> {
-    let crd = crds().into_iter().find(|c| c.spec.names.kind == kind)?;
-    let schema = serde_json::to_value(
-        crd.spec
-            .versions
-            .first()?
-            .schema
-            .as_ref()?
-            .open_api_v3_schema
-            .as_ref()?,
-    )
-    .ok()?;
+    let (_, schema) = schemas().iter().find(|(k, _)| k == kind)?;
     let mut path = Vec::new();
-    walk(&schema, object, &mut path)
+    walk(schema, object, &mut path)
+}
+
+/// Each kind's OpenAPI schema, generated once: a manifest has many documents.
+fn schemas() -> &'static [(String, Value)] {
+    static SCHEMAS: OnceLock<Vec<(String, Value)>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        crds()
+            .into_iter()
+            .filter_map(|crd| {
+                let schema = crd.spec.versions.first()?.schema.as_ref()?;
+                let schema = serde_json::to_value(schema.open_api_v3_schema.as_ref()?).ok()?;
+                Some((crd.spec.names.kind, schema))
+            })
+            .collect()
+    })
 }
 
 fn walk(schema: &Value, value: &Value, path: &mut Vec<String>) -> Option<(String, Vec<String>)> {
