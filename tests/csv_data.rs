@@ -453,7 +453,8 @@ fn a_misspelt_field_stops_the_run_naming_file_resource_and_field() {
 
 #[test]
 fn an_exposure_row_without_a_variant_still_marks_the_first_exposure() {
-    let dir = fresh_dir("null-variant");
+    let facts = "user_id,ts,amount\n1,2026-10-01T09:00:00Z,5\n3,2026-10-02T00:00:00Z,7\n";
+    let dir = experiment("null-variant", facts, SUM_OF_AMOUNT);
     // User 1 is first seen at 08:00 with no variant, then at 10:00 in control: its
     // window opens at 08:00, so the 09:00 purchase counts.
     std::fs::write(
@@ -463,36 +464,6 @@ fn an_exposure_row_without_a_variant_still_marks_the_first_exposure() {
          1,2026-10-01T10:00:00Z,control\n\
          2,2026-10-01T10:00:00Z,treatment\n\
          3,2026-10-01T10:00:00Z,\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("facts.csv"),
-        "user_id,ts,amount\n1,2026-10-01T09:00:00Z,5\n3,2026-10-02T00:00:00Z,7\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("manifests.yaml"),
-        r#"
-apiVersion: tally.dev/v1alpha1
-kind: ExposureTable
-metadata: {name: exp}
-spec: {source: {files: exposures.csv}, entityColumn: user_id, timestampColumn: ts, variantColumn: variant}
----
-apiVersion: tally.dev/v1alpha1
-kind: FactTable
-metadata: {name: facts}
-spec: {source: {files: facts.csv}, entityColumn: user_id, timestampColumn: ts, measurements: [{name: amount}]}
----
-apiVersion: tally.dev/v1alpha1
-kind: Metric
-metadata: {name: m}
-spec: {type: Average, average: {measurement: {factTable: facts, measurement: amount, aggregation: Sum}}}
----
-apiVersion: tally.dev/v1alpha1
-kind: MetricCalculation
-metadata: {name: mc}
-spec: {metric: m, exposureTable: exp, startTime: "2026-10-01T00:00:00Z", endTime: "2026-10-10T00:00:00Z"}
-"#,
     )
     .unwrap();
     let status = status(&dir);
