@@ -50,6 +50,74 @@ pub enum AnnotateError {
     },
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("no cluster to talk to: {0}")]
+    Config(String),
+    #[error("could not reach the API server {server}{context}: {message}")]
+    Unreachable {
+        server: String,
+        /// ` (kubeconfig context NAME)`, or empty in a Pod.
+        context: String,
+        message: String,
+    },
+}
+
+/// The cluster `tally cancel` and friends talk to: where the kubeconfig (or the Pod's
+/// in-cluster config) points, so an error can name it.
+pub struct Cluster {
+    client: Client,
+    server: String,
+    context: Option<String>,
+}
+
+impl Cluster {
+    /// The cluster of `KUBECONFIG` (or `~/.kube/config`), else the in-cluster config.
+    pub async fn connect() -> Result<Self, AnnotateError> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| AnnotateError::Config(error_chain(&e)))?;
+        let server = config.cluster_url.to_string();
+        let context = kube::config::Kubeconfig::read()
+            .ok()
+            .and_then(|kubeconfig| kubeconfig.current_context);
+        let client =
+            Client::try_from(config).map_err(|e| AnnotateError::Config(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            server,
+            context,
+        })
+    }
+
+    /// An error of a request to this cluster, naming it when it was not reached.
+    fn error(&self, error: kube::Error) -> AnnotateError {
+        match error {
+            kube::Error::Api(_) => error.into(),
+            other => AnnotateError::Unreachable {
+                server: self.server.clone(),
+                context: self
+                    .context
+                    .as_ref()
+                    .map(|c| format!(" (kubeconfig context {c})"))
+                    .unwrap_or_default(),
+                message: error_chain(&other),
+            },
+        }
+    }
+}
+
+/// An error with its causes: a bare "client error (Connect)" does not say that the
+/// connection was refused.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text = format!("{text}: {message}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Parses `mc/NAME`, `metriccalculation/NAME`, `smc/NAME`, … (optionally with
@@ -113,10 +181,11 @@ pub fn prepare(target: &str, request: Request) -> Result<Annotation, AnnotateErr
 
 /// Sets the annotation on the resource; returns what to print.
 pub async fn annotate(
-    client: Client,
+    cluster: &Cluster,
     namespace: Option<&str>,
     annotation: Annotation,
 ) -> Result<String, AnnotateError> {
+    let client = cluster.client.clone();
     let Annotation {
         kind,
         name,
@@ -148,7 +217,7 @@ pub async fn annotate(
                 namespace,
             });
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(cluster.error(e)),
     }
     let verb = match request {
         Request::Cancel => "cancel requested",

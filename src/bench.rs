@@ -9,7 +9,7 @@
 use std::{fmt::Write as _, path::Path, time::Instant};
 
 use crate::api::DuckDbSettings;
-use crate::engine::{self, EngineError, duckdb::Session};
+use crate::engine::{self, Cancellation, EngineError, duckdb::Session};
 use crate::plan::{self, CalculationPlan, Catalog, quote_literal};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +24,21 @@ pub enum BenchError {
     Io { path: String, message: String },
 }
 
-fn sql(statement: &str) -> Result<(), BenchError> {
-    engine::duckdb::run(&DuckDbSettings::default(), statement, |_| {})
+/// DuckDB that reads and writes the benchmark's own directory, and nothing else.
+fn settings(dir: &Path) -> DuckDbSettings {
+    DuckDbSettings {
+        data_directories: vec![
+            std::path::absolute(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .display()
+                .to_string(),
+        ],
+        ..DuckDbSettings::default()
+    }
+}
+
+fn sql(dir: &Path, statement: &str) -> Result<(), BenchError> {
+    engine::duckdb::run(&settings(dir), statement, &Cancellation::default())
         .map(|_| ())
         .map_err(BenchError::Generate)
 }
@@ -56,7 +69,9 @@ impl EntityIds {
 /// Writes exposures (one per entity, over 14 days) and `facts` purchase rows spread
 /// over the 14 days before and the 21 days from the experiment's start.
 fn generate(dir: &Path, entities: u64, facts: u64, ids: EntityIds) -> Result<(), BenchError> {
-    sql(&format!(
+    sql(
+        dir,
+        &format!(
         "COPY (SELECT {id} AS user_id,
                  TIMESTAMP '2026-10-15 00:00:00' + to_microseconds(CAST(hash(i) % 1209600000000 AS BIGINT)) AS ts,
                  CASE WHEN hash(i + 1) % 2 = 0 THEN 'control' ELSE 'treatment' END AS variant
@@ -65,7 +80,9 @@ fn generate(dir: &Path, entities: u64, facts: u64, ids: EntityIds) -> Result<(),
         quoted(&dir.join("exposures.parquet")),
         id = ids.sql("i"),
     ))?;
-    sql(&format!(
+    sql(
+        dir,
+        &format!(
         "COPY (SELECT {id} AS user_id,
                  TIMESTAMP '2026-10-01 00:00:00' + to_microseconds(CAST(hash(j + 7) % 3024000000000 AS BIGINT)) AS ts,
                  round(CAST(hash(j + 13) % 10000 AS DOUBLE) / 100, 2) AS amount
@@ -163,7 +180,7 @@ fn best_of(session: &Session, repeat: u32, what: &str, statement: &str) -> Resul
     for _ in 0..repeat.max(1) {
         let start = Instant::now();
         session
-            .query(statement, |_| {})
+            .query(statement, &Cancellation::default())
             .map_err(|error| BenchError::Run {
                 what: what.to_string(),
                 error,
@@ -201,11 +218,10 @@ pub fn run(
             message: e.to_string(),
         })?;
         generate(&sub, entities, size, ids)?;
-        let session =
-            Session::open(&DuckDbSettings::default()).map_err(|error| BenchError::Run {
-                what: "opening DuckDB".to_string(),
-                error,
-            })?;
+        let session = Session::open(&settings(&sub)).map_err(|error| BenchError::Run {
+            what: "opening DuckDB".to_string(),
+            error,
+        })?;
         let scan = best_of(
             &session,
             repeat,

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use crate::api::{
     self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults,
 };
+use crate::engine::Cancellation;
 use crate::manifest::{self, ManifestError};
 use crate::plan::{self, CalculationPlan, Catalog, PlanError};
 use crate::result::{self, RunError};
@@ -34,8 +35,12 @@ pub enum CliError {
 
 /// Loads manifests and compiles every MetricCalculation in them; nothing runs yet, so
 /// bad input fails before any output.
+/// Compiles every calculation in the manifests; `allowed_directories` are read by
+/// every calculation besides its Warehouse's data directories and the directories of
+/// the manifests' `files` sources.
 pub fn compile_all(
     paths: &[PathBuf],
+    allowed_directories: &[PathBuf],
 ) -> Result<Vec<(MetricCalculation, CalculationPlan)>, CliError> {
     let manifests = manifest::load(paths)?;
     if manifests.calculations.is_empty() {
@@ -48,7 +53,17 @@ pub fn compile_all(
         .iter()
         .map(|(path, calculation)| {
             let namespace = calculation.namespace().unwrap_or_else(|| "default".into());
-            let catalog = manifests.catalog(&namespace).unwrap_or(&empty);
+            let mut catalog = manifests.catalog(&namespace).unwrap_or(&empty).clone();
+            for directory in allowed_directories {
+                let directory = std::path::absolute(directory)
+                    .unwrap_or_else(|_| directory.clone())
+                    .display()
+                    .to_string();
+                if !catalog.local_data_directories.contains(&directory) {
+                    catalog.local_data_directories.push(directory);
+                }
+            }
+            let catalog = &catalog;
             // The file to fix is the one that defines the resource at fault, which
             // need not be the calculation's.
             let resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
@@ -69,7 +84,7 @@ pub fn run_plan(plan: &CalculationPlan) -> Result<MetricCalculationStatus, CliEr
         start_time: Some(Time(Timestamp::now())),
         ..MetricCalculationStatus::default()
     };
-    let result = result::run(plan, |_| {}).map_err(|error| CliError::Run {
+    let result = result::run(plan, &Cancellation::default()).map_err(|error| CliError::Run {
         calculation: plan.calculation.clone(),
         error,
     })?;
@@ -90,8 +105,12 @@ pub enum OutputFormat {
 }
 
 /// `tally run`: every calculation, output only once all have succeeded.
-pub fn run(paths: &[PathBuf], format: OutputFormat) -> Result<String, CliError> {
-    let plans = compile_all(paths)?;
+pub fn run(
+    paths: &[PathBuf],
+    allowed_directories: &[PathBuf],
+    format: OutputFormat,
+) -> Result<String, CliError> {
+    let plans = compile_all(paths, allowed_directories)?;
     let mut outputs = Vec::new();
     for (calculation, plan) in &plans {
         let status = run_plan(plan)?;
@@ -135,7 +154,7 @@ fn with_status(
 /// `tally sql`: the SQL of every calculation.
 pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
     let mut out = String::new();
-    for (calculation, plan) in compile_all(paths)? {
+    for (calculation, plan) in compile_all(paths, &[])? {
         let _ = writeln!(
             out,
             "-- MetricCalculation {}\n{};\n",
@@ -148,7 +167,7 @@ pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
 
 /// `tally plan`: every calculation's plan, as the JSON a Job receives.
 pub fn plans(paths: &[PathBuf]) -> Result<String, CliError> {
-    let plans: Vec<CalculationPlan> = compile_all(paths)?
+    let plans: Vec<CalculationPlan> = compile_all(paths, &[])?
         .into_iter()
         .map(|(_, plan)| plan)
         .collect();

@@ -24,6 +24,11 @@ enum Command {
         /// controller writes.
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+        /// A directory `sql` sources and filters may read files from. DuckDB reads
+        /// only under the Warehouses' `dataDirectories` and the directories of the
+        /// manifests' `files` sources, as in a cluster; repeat to allow several.
+        #[arg(long = "allow-dir", value_name = "DIR")]
+        allow_dirs: Vec<PathBuf>,
     },
     /// Print the SQL every MetricCalculation in the manifests compiles to.
     Sql {
@@ -74,6 +79,8 @@ enum Command {
         log_format: LogFormat,
         #[command(flatten)]
         election: ElectionArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Serve /healthz, /readyz and /metrics (Prometheus) on this address: HOST:PORT,
         /// or :PORT for every interface.
         #[arg(long, env = "TALLY_HTTP_ADDRESS")]
@@ -105,6 +112,48 @@ enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+}
+
+/// What a Warehouse's `job` settings may ask of calculation Jobs, which the controller
+/// creates with its own rights.
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// An image repository (no tag) a Warehouse's job.image may name, besides the
+    /// worker image's; repeat for several.
+    #[arg(long = "allowed-worker-image-repository", value_name = "REPOSITORY")]
+    image_repositories: Vec<String>,
+    /// A ServiceAccount a Warehouse's job.serviceAccountName may name, besides the
+    /// worker's; repeat for several.
+    #[arg(long = "allowed-worker-service-account", value_name = "NAME")]
+    service_accounts: Vec<String>,
+    /// A volume type (configMap, secret, persistentVolumeClaim, …) a Warehouse's
+    /// job.volumes may use; repeat for several. Default: configMap, secret, emptyDir,
+    /// persistentVolumeClaim, csi, projected, downwardAPI. hostPath is never allowed.
+    #[arg(long = "allowed-volume-type", value_name = "TYPE")]
+    volume_types: Vec<String>,
+    /// A node label a Warehouse's job.nodeSelector may select on; repeat for several.
+    #[arg(long = "allowed-node-selector-key", value_name = "LABEL")]
+    node_selector_keys: Vec<String>,
+    /// A taint key a Warehouse's job.tolerations may tolerate; repeat for several.
+    #[arg(long = "allowed-toleration-key", value_name = "KEY")]
+    toleration_keys: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn policy(self) -> tally::controller::JobPolicy {
+        let defaults = tally::controller::JobPolicy::default();
+        tally::controller::JobPolicy {
+            image_repositories: self.image_repositories,
+            service_accounts: self.service_accounts,
+            volume_types: if self.volume_types.is_empty() {
+                defaults.volume_types
+            } else {
+                self.volume_types
+            },
+            node_selector_keys: self.node_selector_keys,
+            toleration_keys: self.toleration_keys,
+        }
+    }
 }
 
 /// Leader election, so that several replicas of the controller can run.
@@ -147,6 +196,7 @@ fn main() -> ExitCode {
             concurrency,
             log_format,
             election,
+            policy,
             http_address,
         } => {
             return controller(
@@ -155,6 +205,7 @@ fn main() -> ExitCode {
                 concurrency,
                 log_format,
                 election,
+                policy,
                 http_address,
             );
         }
@@ -170,7 +221,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     let output = match args.command {
-        Command::Run { files, output } => cli::run(&files, output),
+        Command::Run {
+            files,
+            output,
+            allow_dirs,
+        } => cli::run(&files, &allow_dirs, output),
         Command::Sql {
             files,
             dialect: Dialect::Duckdb,
@@ -224,7 +279,7 @@ fn worker() -> ExitCode {
         Err(error) => {
             tally::worker::report_failure(&error);
             eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }
@@ -235,6 +290,7 @@ fn controller(
     concurrency: u16,
     format: LogFormat,
     election: ElectionArgs,
+    policy: PolicyArgs,
     http_address: Option<tally::controller::telemetry::ListenAddress>,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -262,6 +318,7 @@ fn controller(
             defaults.image = image;
         }
         defaults.service_account_name = service_account;
+        defaults.policy = policy.policy();
         let stop = tally::controller::Stop::on_signal();
         let metrics = std::sync::Arc::new(tally::controller::telemetry::Metrics::default());
         if let Some(address) = http_address {
@@ -328,11 +385,11 @@ fn annotate(
         return ExitCode::FAILURE;
     };
     runtime.block_on(async {
-        let result = match kube::Client::try_default().await {
-            Ok(client) => tally::annotate::annotate(client, namespace.as_deref(), annotation)
+        let result = match tally::annotate::Cluster::connect().await {
+            Ok(cluster) => tally::annotate::annotate(&cluster, namespace.as_deref(), annotation)
                 .await
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("connecting to the cluster: {e}")),
+            Err(e) => Err(e.to_string()),
         };
         match result {
             Ok(text) => {

@@ -96,14 +96,48 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), ManifestErro
     Ok(())
 }
 
-/// Resolves a relative path against the manifest's directory.
+/// Resolves a relative path against the manifest's directory, to an absolute path:
+/// DuckDB reads only under absolute data directories.
 fn relative_to(manifest: &Path, path: &str) -> String {
     let candidate = Path::new(path);
     if candidate.is_absolute() {
         return path.to_string();
     }
     let base = manifest.parent().unwrap_or(Path::new("."));
-    base.join(candidate).display().to_string()
+    let joined = base.join(candidate);
+    std::path::absolute(&joined)
+        .map(|absolute| lexically_normal(&absolute))
+        .unwrap_or(joined)
+        .display()
+        .to_string()
+}
+
+/// `path` without `.` and with each `..` taking away the component before it: the
+/// form data directories are compared in (`manifests/../data` is `data`).
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// The directory every file of `files` (a path or a glob) lies in.
+fn data_directory_of(files: &str) -> String {
+    let fixed = match files.find(['*', '?', '[', '{']) {
+        Some(glob) => &files[..glob],
+        None => files,
+    };
+    match fixed.rfind('/') {
+        Some(0) | None => "/".to_string(),
+        Some(slash) => fixed[..slash].to_string(),
+    }
 }
 
 fn is_glob(path: &str) -> bool {
@@ -225,6 +259,24 @@ impl Manifests {
             }
             Ok(())
         };
+        // What a person's own manifests name on their own machine may be read.
+        if let Some(files) = ["ExposureTable", "FactTable", "DimensionTable"]
+            .contains(&kind.as_str())
+            .then(|| {
+                value
+                    .get("spec")?
+                    .get("source")?
+                    .get("files")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .flatten()
+        {
+            let directory = data_directory_of(&relative_to(file, &files));
+            if !catalog.local_data_directories.contains(&directory) {
+                catalog.local_data_directories.push(directory);
+            }
+        }
         match kind.as_str() {
             "Warehouse" => {
                 let mut r: Warehouse = typed(value, invalid)?;

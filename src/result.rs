@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{
     Analysis, CalculationState, CalculationTimes, MetricCalculationStatus, MetricResults,
 };
-use crate::engine::{self, EngineError, Interrupt, QueryResult};
+use crate::engine::{self, Cancellation, EngineError, QueryResult};
 use crate::plan::{CalculationPlan, RowError, read_buckets};
 use crate::stats::{AnalysisInput, analyse, summarise};
 
@@ -49,13 +49,12 @@ pub enum RunError {
     Rows(#[from] RowError),
 }
 
-/// Runs a plan on its engine and summarises the rows. `on_start` receives a handle
-/// that interrupts the query.
+/// Runs a plan on its engine and summarises the rows; `cancellation` stops it.
 pub fn run(
     plan: &CalculationPlan,
-    on_start: impl FnOnce(Box<dyn Interrupt>),
+    cancellation: &Cancellation,
 ) -> Result<CalculationResult, RunError> {
-    let query = engine::run(plan, on_start)?;
+    let query = engine::run(plan, cancellation)?;
     Ok(calculation_result(plan, &query)?)
 }
 

@@ -3,21 +3,21 @@
 //! Reads its plan from `TALLY_PLAN`, runs it, and writes the result as JSON to the
 //! ConfigMap `<job>-result`, owned by the Job. On failure it writes a short reason to
 //! the termination log and exits non-zero; the controller reads either. SIGTERM (the
-//! Job being deleted on cancel) interrupts the running warehouse query.
+//! Job being deleted on cancel) stops the warehouse query, whenever it comes. The
+//! worker only creates its result: its ServiceAccount may change no ConfigMap.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::ConfigMap};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{ObjectMeta, PostParams},
 };
 
-use crate::engine::Interrupt;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::engine::Cancellation;
 use crate::plan::CalculationPlan;
 use crate::result::{self, CalculationResult, RunError};
 
@@ -30,9 +30,14 @@ pub const TERMINATION_LOG_ENV: &str = "TALLY_TERMINATION_LOG";
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 /// The key of the result JSON in the result ConfigMap.
 pub const RESULT_KEY: &str = "result.json";
-const FIELD_MANAGER: &str = "tally-worker";
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 const TERMINATION_MESSAGE_LIMIT: usize = 4000;
+
+/// The exit code of a failure that running the Job again cannot fix (an invalid plan,
+/// a missing file or column, a query the warehouse refuses): the Job's
+/// `podFailurePolicy` fails the Job at once on it instead of retrying. Other failures
+/// (the API server unreachable while writing the result) exit 1 and are retried.
+pub const PERMANENT_FAILURE_EXIT_CODE: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -50,6 +55,68 @@ pub enum WorkerError {
     Kube(#[from] kube::Error),
     #[error("the Job {0} has no uid")]
     JobWithoutUid(String),
+    #[error(
+        "the result is {bytes} bytes, more than its ConfigMap and the calculation's status \
+         can hold ({RESULT_LIMIT} bytes){detail}: split by fewer or coarser dimensions"
+    )]
+    ResultTooLarge { bytes: usize, detail: String },
+}
+
+/// The largest result the worker writes: a ConfigMap holds 1 MiB, and the controller
+/// copies the result into the calculation's status beside its SQL, within etcd's
+/// 1.5 MiB object limit.
+pub const RESULT_LIMIT: usize = 900 * 1024;
+
+/// Refuses a result too large to store, naming the split dimension that made it so
+/// (the one with the most values).
+pub fn check_result_size(result: &CalculationResult, json: &str) -> Result<(), WorkerError> {
+    if json.len() <= RESULT_LIMIT {
+        return Ok(());
+    }
+    let mut values: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for bucket in &result.metric_results.metric_bucket_stats {
+        for dimension in &bucket.dimensions {
+            values
+                .entry(dimension.dimension.as_str())
+                .or_default()
+                .insert(dimension.value.as_str());
+        }
+    }
+    let detail = values
+        .iter()
+        .max_by_key(|(_, values)| values.len())
+        .map(|(dimension, values)| {
+            format!("; split dimension {dimension} has {} values", values.len())
+        })
+        .unwrap_or_default();
+    Err(WorkerError::ResultTooLarge {
+        bytes: json.len(),
+        detail,
+    })
+}
+
+impl WorkerError {
+    /// Whether the same Job would fail the same way again.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            WorkerError::MissingEnv(_)
+            | WorkerError::Plan(_)
+            | WorkerError::Run(_)
+            | WorkerError::Encode(_)
+            | WorkerError::JobWithoutUid(_)
+            | WorkerError::ResultTooLarge { .. } => true,
+            WorkerError::Runtime(_) | WorkerError::Kube(_) => false,
+        }
+    }
+
+    /// The process's exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        if self.is_permanent() {
+            PERMANENT_FAILURE_EXIT_CODE
+        } else {
+            1
+        }
+    }
 }
 
 pub fn result_config_map_name(job_name: &str) -> String {
@@ -74,6 +141,7 @@ pub fn result_config_map(job: &Job, result: &CalculationResult) -> Result<Config
         });
     let owners = std::iter::once(owner).chain(calculation).collect();
     let json = serde_json::to_string(result).map_err(WorkerError::Encode)?;
+    check_result_size(result, &json)?;
     Ok(ConfigMap {
         metadata: ObjectMeta {
             name: Some(result_config_map_name(&job.name_any())),
@@ -91,29 +159,29 @@ fn env(name: &'static str) -> Result<String, WorkerError> {
     std::env::var(name).map_err(|_| WorkerError::MissingEnv(name))
 }
 
-/// Runs the plan on a blocking thread; SIGTERM interrupts the query.
-async fn execute(plan: CalculationPlan) -> Result<CalculationResult, WorkerError> {
-    // Installed before the query starts, so no SIGTERM goes unanswered.
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| WorkerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
-    let interrupt: Arc<Mutex<Option<Box<dyn Interrupt>>>> = Arc::default();
-    let slot = interrupt.clone();
-    let mut task = tokio::task::spawn_blocking(move || {
-        result::run(&plan, |handle| {
-            if let Ok(mut slot) = slot.lock() {
-                *slot = Some(handle);
-            }
-        })
-    });
+/// How often a cancelled query is interrupted again until it stops: an engine may
+/// miss an interrupt that arrives just as its statement starts.
+const INTERRUPT_REPEAT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs the plan on a blocking thread; SIGTERM, whenever it comes, stops the query.
+async fn execute(
+    plan: CalculationPlan,
+    terminate: &mut Signal,
+) -> Result<CalculationResult, WorkerError> {
+    let cancellation = Cancellation::default();
+    let for_query = cancellation.clone();
+    let mut task = tokio::task::spawn_blocking(move || result::run(&plan, &for_query));
     let joined = tokio::select! {
         joined = &mut task => joined,
         _ = terminate.recv() => {
             tracing::info!("SIGTERM: interrupting the warehouse query");
-            if let Ok(slot) = interrupt.lock() && let Some(handle) = slot.as_ref() {
-                handle.interrupt();
+            loop {
+                cancellation.cancel();
+                tokio::select! {
+                    joined = &mut task => break joined,
+                    () = tokio::time::sleep(INTERRUPT_REPEAT) => {}
+                }
             }
-            task.await
         }
     };
     let result =
@@ -122,25 +190,34 @@ async fn execute(plan: CalculationPlan) -> Result<CalculationResult, WorkerError
 }
 
 pub async fn run() -> Result<(), WorkerError> {
+    // First of all, so that a SIGTERM in the worker's first moments (a cancel right
+    // after the Pod started) is seen and stops the query before or as it starts.
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| WorkerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
     let plan: CalculationPlan = serde_json::from_str(&env(PLAN_ENV)?).map_err(WorkerError::Plan)?;
     let job_name = env(JOB_NAME_ENV)?;
     let namespace = env(NAMESPACE_ENV)?;
     tracing::info!(calculation = %plan.calculation, job = %job_name, "running the calculation");
-    let result = execute(plan).await?;
+    let result = execute(plan, &mut terminate).await?;
     let client = Client::try_default().await?;
     let job = Api::<Job>::namespaced(client.clone(), &namespace)
         .get(&job_name)
         .await?;
     let config_map = result_config_map(&job, &result)?;
     let name = config_map.name_any();
-    Api::<ConfigMap>::namespaced(client, &namespace)
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&config_map),
-        )
-        .await?;
-    tracing::info!(configmap = %name, "result written");
+    // Create only: the worker may create ConfigMaps in its namespace and change none,
+    // so it cannot overwrite anyone else's. An existing result of this name is an
+    // earlier attempt of this Job's (the controller reads only one the Job owns).
+    match Api::<ConfigMap>::namespaced(client, &namespace)
+        .create(&PostParams::default(), &config_map)
+        .await
+    {
+        Ok(_) => tracing::info!(configmap = %name, "result written"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(configmap = %name, "the result was written before")
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 
@@ -228,5 +305,50 @@ mod tests {
             result_config_map(&no_uid, &result),
             Err(WorkerError::JobWithoutUid(_))
         ));
+    }
+
+    #[test]
+    fn a_result_too_large_to_store_names_the_dimension_with_the_most_values() {
+        use crate::api::{DimensionValue, MetricBucketStats, SummaryStats};
+        let t = jiff::Timestamp::UNIX_EPOCH;
+        let bucket = |country: usize| MetricBucketStats {
+            variant: "control".into(),
+            dimensions: vec![
+                DimensionValue {
+                    dimension: "platform".into(),
+                    value: "ios".into(),
+                },
+                DimensionValue {
+                    dimension: "user".into(),
+                    value: format!("user-{country}"),
+                },
+            ],
+            summary_stats: SummaryStats::default(),
+        };
+        let result = |buckets: usize| CalculationResult {
+            times: PlanTimes {
+                exposure_start: t,
+                exposure_end: t,
+                fact_start: t,
+                fact_end: t,
+            }
+            .to_status(),
+            metric_results: MetricResults {
+                metric_bucket_stats: (0..buckets).map(bucket).collect(),
+            },
+            analysis: Analysis::default(),
+        };
+        let small = result(100);
+        let json = serde_json::to_string(&small).unwrap();
+        assert!(check_result_size(&small, &json).is_ok());
+        let large = result(50_000);
+        let json = serde_json::to_string(&large).unwrap();
+        let error = check_result_size(&large, &json).unwrap_err();
+        assert!(error.is_permanent());
+        let message = error.to_string();
+        assert!(
+            message.contains("split dimension user has 50000 values"),
+            "{message}"
+        );
     }
 }

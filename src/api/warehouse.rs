@@ -43,8 +43,19 @@ pub struct DuckDbSettings {
     /// Without it, only `files` and `sql` sources are available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// The only directories a calculation may read files from (`files` sources, and
+    /// files that `sql` sources and filters read), as absolute paths: in calculation
+    /// Jobs DuckDB runs with external access off but for these, its `database` and
+    /// its scratch directory, so a table cannot read the worker's credentials or a
+    /// Secret mounted elsewhere. `/`, `/etc`, `/proc`, `/sys`, `/dev` and the
+    /// ServiceAccount token's `/var/run/secrets` are refused. `tally run` adds the
+    /// directories of the manifests' own `files` sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 1024)))]
+    pub data_directories: Vec<String>,
     /// DuckDB `threads` setting for a calculation; defaults to the number of cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
     pub threads: Option<u32>,
     /// DuckDB `memory_limit` setting, e.g. `4GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,25 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+/// The longest message a condition may carry (`metav1.Condition` validation), and the
+/// bound Tally keeps every status message to.
+pub const MESSAGE_LIMIT: usize = 32 * 1024;
+
+/// `message`, cut to [`MESSAGE_LIMIT`] bytes at a character boundary with a note that
+/// it was cut: an error that quotes a long SQL source must not make the status write
+/// fail.
+pub fn bounded(message: &str) -> String {
+    const CUT: &str = " … (cut)";
+    if message.len() <= MESSAGE_LIMIT {
+        return message.to_string();
+    }
+    let mut end = MESSAGE_LIMIT - CUT.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT}", &message[..end])
+}
+
 pub fn condition(
     type_: &str,
     status: bool,
@@ -15,7 +34,7 @@ pub fn condition(
         type_: type_.to_string(),
         status: if status { "True" } else { "False" }.to_string(),
         reason: reason.to_string(),
-        message: message.to_string(),
+        message: bounded(message),
         observed_generation: Some(generation),
         last_transition_time: Time(now),
     }
@@ -45,4 +64,22 @@ pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| c.reason.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_to_the_condition_limit() {
+        let short = "a missing column";
+        assert_eq!(bounded(short), short);
+        for long in ["x".repeat(100_000), "é".repeat(40_000)] {
+            let cut = bounded(&long);
+            assert!(cut.len() <= MESSAGE_LIMIT, "{}", cut.len());
+            assert!(cut.ends_with("(cut)"));
+            let made = condition("Ready", false, "Failed", &long, 1, Timestamp::UNIX_EPOCH);
+            assert!(made.message.len() <= MESSAGE_LIMIT);
+        }
+    }
 }

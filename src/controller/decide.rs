@@ -48,6 +48,8 @@ pub struct Observed {
     /// The ServiceAccount the Job would run as, when it does not exist in the
     /// calculation's namespace (looked up only before a Job is created).
     pub missing_service_account: Option<MissingServiceAccount>,
+    /// Why the controller's Job policy refuses the Warehouse's Job settings.
+    pub job_refused: Option<String>,
     pub now: Timestamp,
 }
 
@@ -110,10 +112,12 @@ fn transition(
         ("Failed", failed),
         ("Cancelled", cancelled),
     ] {
+        // A condition that holds, and Ready, say why with the transition's reason; one
+        // that does not hold says why not in its own terms.
         let (reason, message) = if value || type_ == "Ready" {
             (reason, message)
         } else {
-            (reason, "")
+            (not_holding_reason(type_, state), "")
         };
         set_condition(
             &mut status.conditions,
@@ -121,6 +125,22 @@ fn transition(
         );
     }
     status
+}
+
+/// Why the condition `type_` (other than Ready) does not hold in `state`.
+fn not_holding_reason(type_: &str, state: CalculationState) -> &'static str {
+    use CalculationState::*;
+    match (type_, state) {
+        ("Running", Pending | Waiting) => "NotStarted",
+        ("Running", Completed | Failed) => "JobFinished",
+        ("Running", _) => "Stopped",
+        ("Waiting", Pending) => "NotResolved",
+        ("Waiting", _) => "DataDelivered",
+        ("Failed", _) => "NoFailure",
+        ("Cancelled", Cancelling) => "CancelInProgress",
+        ("Cancelled", _) => "NotCancelled",
+        _ => "NotApplicable",
+    }
 }
 
 /// The status of a calculation whose Job runs the plan (when it is known).
@@ -261,11 +281,19 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         return actions;
     }
 
-    // A new generation of a finished calculation: a new run that supersedes the old
-    // one, whose results stay readable until the new run completes.
+    // A new generation: a new run that supersedes the old one, finished or cut short
+    // (its Job deleted above). A finished run's results stay readable until the new
+    // run completes.
     let mut base = o.status.clone();
-    if state.is_terminal() && !current {
+    if !current
+        && o.status
+            .sql_job
+            .as_deref()
+            .is_some_and(|job| job != o.job_name)
+    {
         base.superseeds = o.status.sql_job.clone();
+    }
+    if state.is_terminal() && !current {
         base.state = Some(CalculationState::Pending);
         base.error = None;
     }
@@ -296,7 +324,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 reason.clone()
             };
             let mut status = transition(o, CalculationState::Failed, "WorkerFailed", &message);
-            status.error = Some(message.clone());
+            status.error = Some(conditions::bounded(&message));
             status.completion_time = Some(Time(o.now));
             actions.extend([set(status), warning("Failed", message)]);
             return actions;
@@ -350,7 +378,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
                 error.reason(),
                 &error.to_string(),
             );
-            status.error = Some(error.to_string());
+            status.error = Some(conditions::bounded(&error.to_string()));
             status.completion_time = Some(Time(o.now));
             actions.extend([set(status), warning("InvalidSpec", error.to_string())]);
             return actions;
@@ -363,7 +391,7 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         // The Job was created and is gone without a result: never rerun silently.
         let message = format!("the Job {} disappeared before it finished", o.job_name);
         let mut status = transition(o, CalculationState::Failed, "JobLost", &message);
-        status.error = Some(message.clone());
+        status.error = Some(conditions::bounded(&message));
         status.completion_time = Some(Time(o.now));
         actions.extend([set(status), warning("JobLost", message)]);
         return actions;
@@ -373,6 +401,15 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         let status = transition(o, CalculationState::Waiting, "DataNotDelivered", &message);
         if status != o.status {
             actions.extend([set(status), event("Waiting", message)]);
+        }
+        return actions;
+    }
+    if let Some(violation) = &o.job_refused {
+        // The Warehouse must change (its change re-reconciles), or the policy.
+        let message = format!("no Job is created: {violation}");
+        let status = transition(o, CalculationState::Pending, "JobSettingsRefused", &message);
+        if status != o.status {
+            actions.extend([set(status), warning("JobSettingsRefused", message)]);
         }
         return actions;
     }
@@ -447,6 +484,7 @@ mod tests {
             job,
             origin: None,
             missing_service_account: None,
+            job_refused: None,
             now: "2026-11-23T00:00:00Z".parse().unwrap(),
         }
     }
@@ -693,6 +731,70 @@ mod tests {
     }
 
     #[test]
+    fn each_condition_that_does_not_hold_gives_a_reason_of_its_own() {
+        let reasons = |o: &Observed| -> Vec<(String, String, String)> {
+            status_of(&decide(o))
+                .conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let completed = reasons(&observed(
+            Some(Running),
+            Some(1),
+            JobState::Succeeded(Ok(result())),
+        ));
+        let of = |all: &[(String, String, String)], type_: &str| {
+            all.iter()
+                .find(|(t, _, _)| t == type_)
+                .map(|(_, status, reason)| (status.clone(), reason.clone()))
+                .unwrap()
+        };
+        assert_eq!(of(&completed, "Ready"), ("True".into(), "Completed".into()));
+        assert_eq!(
+            of(&completed, "Cancelled"),
+            ("False".into(), "NotCancelled".into())
+        );
+        assert_eq!(
+            of(&completed, "Running"),
+            ("False".into(), "JobFinished".into())
+        );
+        assert_eq!(
+            of(&completed, "Failed"),
+            ("False".into(), "NoFailure".into())
+        );
+        assert_eq!(
+            of(&completed, "Waiting"),
+            ("False".into(), "DataDelivered".into())
+        );
+
+        let mut cancel = observed(Some(Running), Some(1), JobState::Running);
+        cancel.cancel_requested = true;
+        let cancelling = reasons(&cancel);
+        assert_eq!(
+            of(&cancelling, "Running"),
+            ("True".into(), "CancelRequested".into())
+        );
+        assert_eq!(
+            of(&cancelling, "Cancelled"),
+            ("False".into(), "CancelInProgress".into())
+        );
+
+        // Only Ready and the conditions that hold carry the transition's reason.
+        let failed = reasons(&observed(
+            Some(Running),
+            Some(1),
+            JobState::Failed("boom".into()),
+        ));
+        let failed_reason = of(&failed, "Failed").1;
+        for (type_, status, reason) in &failed {
+            if status == "False" && type_ != "Ready" {
+                assert_ne!(reason, &failed_reason, "{type_} copies the Failed reason");
+            }
+        }
+    }
+
+    #[test]
     fn a_new_run_keeps_the_old_result_and_records_what_it_supersedes() {
         let mut o = observed(Some(Completed), Some(1), JobState::Missing);
         o.status.metric_results = Some(MetricResults::default());
@@ -790,6 +892,47 @@ mod tests {
     }
 
     #[test]
+    fn job_settings_the_policy_refuses_hold_the_calculation_pending_without_a_job() {
+        let mut o = observed(None, None, JobState::Missing);
+        o.job_refused = Some(
+            "Warehouse/wh: spec.job.volumes[0]: volumes of type hostPath are not allowed".into(),
+        );
+        let actions = decide(&o);
+        assert_eq!(summary(&actions), (Some(Pending), false, false));
+        let status = status_of(&actions);
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.reason, "JobSettingsRefused");
+        assert!(
+            ready.message.contains("spec.job.volumes[0]"),
+            "{}",
+            ready.message
+        );
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Event {
+                warning: true,
+                reason: "JobSettingsRefused",
+                ..
+            }
+        )));
+        // Said once: the same decision again changes nothing.
+        let mut again = o.clone();
+        again.status = status.clone();
+        assert!(decide(&again).is_empty());
+        // Fixed: the Job is created.
+        again.job_refused = None;
+        assert!(
+            decide(&again)
+                .iter()
+                .any(|a| matches!(a, Action::CreateJob(_)))
+        );
+    }
+
+    #[test]
     fn a_result_records_the_sql_its_job_ran_not_a_later_plan() {
         let mut o = observed(Some(Running), Some(1), JobState::Succeeded(Ok(result())));
         o.status.sql = Some("SELECT 'what the Job ran'".into());
@@ -811,6 +954,8 @@ mod tests {
         let actions = decide(&o);
         assert!(actions.contains(&Action::DeleteJob("calc-1".into())));
         assert_eq!(status_of(&actions).sql_job.as_deref(), Some("calc-2"));
+        // The new run records the run it cut short, as it would a finished one.
+        assert_eq!(status_of(&actions).superseeds.as_deref(), Some("calc-1"));
         // Cancelling both at once stops both Jobs.
         o.cancel_requested = true;
         o.job = JobState::Running;

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::{
-    batch::v1::{Job, JobSpec},
+    batch::v1::{
+        Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+        PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    },
     core::v1::{
         Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
         PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume,
@@ -15,7 +18,7 @@ use kube::{Resource, ResourceExt, api::ObjectMeta};
 
 use crate::api::{JobSettings, MetricCalculation};
 use crate::plan::CalculationPlan;
-use crate::worker::{JOB_NAME_ENV, NAMESPACE_ENV, PLAN_ENV};
+use crate::worker::{JOB_NAME_ENV, NAMESPACE_ENV, PERMANENT_FAILURE_EXIT_CODE, PLAN_ENV};
 
 pub const CALCULATION_LABEL: &str = "tally.dev/calculation";
 
@@ -24,6 +27,8 @@ pub const CALCULATION_LABEL: &str = "tally.dev/calculation";
 pub struct JobDefaults {
     pub image: String,
     pub service_account_name: Option<String>,
+    /// What a Warehouse's `job` settings may ask for.
+    pub policy: super::JobPolicy,
     pub backoff_limit: i32,
     pub active_deadline_seconds: i64,
     pub ttl_seconds_after_finished: i32,
@@ -34,6 +39,7 @@ impl Default for JobDefaults {
         Self {
             image: concat!("ghcr.io/tally-dev/tally:", env!("CARGO_PKG_VERSION")).to_string(),
             service_account_name: None,
+            policy: super::JobPolicy::default(),
             backoff_limit: 2,
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 7 * 24 * 3600,
@@ -58,6 +64,34 @@ pub fn service_account(settings: &JobSettings, defaults: &JobDefaults) -> Option
 /// The emptyDir every calculation Job gets for DuckDB's spill files.
 const SCRATCH_VOLUME: &str = "tally-scratch";
 const SCRATCH_MOUNT: &str = "/var/tmp/tally";
+const WORKER_CONTAINER: &str = "worker";
+
+/// Retries only what a retry can fix: a worker that exits with its permanent-failure
+/// code fails the Job at once, and a Pod evicted or preempted (a disruption, not the
+/// calculation's fault) does not count against `backoffLimit`.
+fn pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(WORKER_CONTAINER.into()),
+                    operator: "In".into(),
+                    values: vec![i32::from(PERMANENT_FAILURE_EXIT_CODE)],
+                }),
+                on_pod_conditions: None,
+            },
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_exit_codes: None,
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+            },
+        ],
+    }
+}
 
 pub fn build_job(
     calculation: &MetricCalculation,
@@ -112,7 +146,7 @@ pub fn build_job(
         },
     ];
     let container = Container {
-        name: "worker".into(),
+        name: WORKER_CONTAINER.into(),
         image: Some(
             settings
                 .image
@@ -156,6 +190,7 @@ pub fn build_job(
         },
         spec: Some(JobSpec {
             backoff_limit: Some(settings.backoff_limit.unwrap_or(defaults.backoff_limit)),
+            pod_failure_policy: Some(pod_failure_policy()),
             active_deadline_seconds: Some(
                 settings
                     .active_deadline_seconds
@@ -284,6 +319,35 @@ mod tests {
         assert_eq!(
             plan_of(&job).engine.duckdb.temp_directory.as_deref(),
             Some("/data/spill")
+        );
+    }
+
+    #[test]
+    fn a_permanent_worker_failure_fails_the_job_at_once_and_a_disruption_is_not_counted() {
+        let job = build_job(
+            &calculation(),
+            &plan(),
+            &JobSettings::default(),
+            &JobDefaults::default(),
+        )
+        .unwrap();
+        let spec = job.spec.as_ref().unwrap();
+        let pod = spec.template.spec.as_ref().unwrap();
+        // podFailurePolicy needs restartPolicy Never, and names the worker container.
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+        let fail = rules.iter().find(|r| r.action == "FailJob").unwrap();
+        let codes = fail.on_exit_codes.as_ref().unwrap();
+        assert_eq!(
+            codes.container_name.as_deref(),
+            Some(pod.containers[0].name.as_str())
+        );
+        assert_eq!(codes.operator, "In");
+        assert_eq!(codes.values, [i32::from(PERMANENT_FAILURE_EXIT_CODE)]);
+        let ignore = rules.iter().find(|r| r.action == "Ignore").unwrap();
+        assert_eq!(
+            ignore.on_pod_conditions.as_ref().unwrap()[0].type_,
+            "DisruptionTarget"
         );
     }
 }

@@ -10,6 +10,7 @@ mod conditions;
 mod decide;
 mod events;
 mod job;
+mod job_policy;
 pub mod leader;
 mod names;
 mod readiness;
@@ -43,6 +44,7 @@ pub use readiness::DataWait;
 use backoff::Backoff;
 use events::EventPublisher;
 pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
+pub use job_policy::{DEFAULT_VOLUME_TYPES, JobPolicy};
 
 use crate::api::{
     CANCEL_ANNOTATION, CalculationState, DimensionTable, ExposureTable, FactTable, JobSettings,
@@ -166,15 +168,82 @@ impl References {
         of(&self.metrics, namespace).for_each(|r| catalog.add_metric(r));
         catalog
     }
+
+    /// The namespace's catalog, with every reference of `calculation` that the caches
+    /// lack fetched from the API server. The watch that triggers a reconcile on a new
+    /// Metric, table or Warehouse is not the watch that fills the caches, so the
+    /// reconcile it triggers may run before the cache has the object: without the
+    /// fetch, the calculation would report it missing until its next timed look.
+    async fn catalog_for(
+        &self,
+        client: &Client,
+        namespace: &str,
+        calculation: &MetricCalculation,
+    ) -> Result<Catalog, kube::Error> {
+        let mut catalog = self.catalog(namespace);
+        let mut fetched = std::collections::BTreeSet::new();
+        while let Err(plan::PlanError::MissingReference { kind, name, .. }) =
+            plan::resolve(calculation, &catalog)
+        {
+            if !fetched.insert((kind, name.clone()))
+                || !fetch_reference(client, namespace, kind, &name, &mut catalog).await?
+            {
+                break;
+            }
+        }
+        Ok(catalog)
+    }
+}
+
+/// Adds the object `kind`/`name` to `catalog` if the API server has it; whether it did.
+async fn fetch_reference(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    catalog: &mut Catalog,
+) -> Result<bool, kube::Error> {
+    async fn get<K: Watched>(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::<K>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await
+    }
+    Ok(match kind {
+        "Warehouse" => get(client, namespace, name)
+            .await?
+            .map(|r| catalog.add_warehouse(r)),
+        "ExposureTable" => get(client, namespace, name)
+            .await?
+            .map(|r| catalog.add_exposure_table(r)),
+        "FactTable" => get(client, namespace, name)
+            .await?
+            .map(|r| catalog.add_fact_table(r)),
+        "DimensionTable" => get(client, namespace, name)
+            .await?
+            .map(|r| catalog.add_dimension_table(r)),
+        "Metric" => get(client, namespace, name)
+            .await?
+            .map(|r| catalog.add_metric(r)),
+        _ => None,
+    }
+    .is_some())
 }
 
 /// The worker's result in the ConfigMap of the Job `job`, if that ConfigMap exists
-/// and belongs to the calculation with `owner` uid (or to its Job).
+/// and is owned by the object with uid `owner` (the Job, or once the Job is gone, the
+/// calculation, which the worker makes an owner too).
 async fn job_result(
     client: &Client,
     namespace: &str,
     job: &str,
-    owner: Option<&str>,
+    owner: &str,
 ) -> Result<Option<Result<CalculationResult, String>>, kube::Error> {
     let Some(config_map) = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&result_config_map_name(job))
@@ -182,9 +251,7 @@ async fn job_result(
     else {
         return Ok(None);
     };
-    if let Some(owner) = owner
-        && !owned_by(&config_map, owner)
-    {
+    if !owned_by(&config_map, owner) {
         return Ok(None);
     }
     Ok(Some(
@@ -213,7 +280,10 @@ async fn job_state(
     else {
         // A Job deleted (by its TTL) before its outcome was read leaves the result,
         // which the calculation owns too.
-        if created && let Some(result) = job_result(client, namespace, name, owner).await? {
+        if created
+            && let Some(owner) = owner
+            && let Some(result) = job_result(client, namespace, name, owner).await?
+        {
             return Ok(JobState::Succeeded(result));
         }
         return Ok(JobState::Missing);
@@ -235,13 +305,19 @@ async fn job_state(
             .any(|c| c.type_ == type_ && c.status == "True")
     };
     if is("Complete") {
-        let result = job_result(client, namespace, name, None)
-            .await?
-            .unwrap_or_else(|| {
-                Err(format!(
-                    "the Job {name} completed without writing its result ConfigMap"
-                ))
-            });
+        // Only a result this very Job owns: a ConfigMap of the same name may be left by
+        // an earlier Job of the name, or made by anyone who may create ConfigMaps.
+        let result = match job.metadata.uid.as_deref() {
+            Some(job_uid) => job_result(client, namespace, name, job_uid).await?,
+            None => None,
+        }
+        .unwrap_or_else(|| {
+            Err(format!(
+                "the Job {name} completed without writing its result ConfigMap \
+                 {} (or one this Job does not own is in its place)",
+                result_config_map_name(name)
+            ))
+        });
         return Ok(JobState::Succeeded(result));
     }
     if is("Failed") {
@@ -343,7 +419,10 @@ async fn reconcile(
     let name = calculation.name_any();
     let generation = calculation.metadata.generation.unwrap_or(1);
     let now = Timestamp::now();
-    let catalog = ctx.references.catalog(&namespace);
+    let catalog = ctx
+        .references
+        .catalog_for(&ctx.client, &namespace, &calculation)
+        .await?;
     let resolved = plan::resolve(&calculation, &catalog);
     let waiting = resolved.as_ref().ok().and_then(|r| {
         readiness::first_undelivered(
@@ -352,6 +431,22 @@ async fn reconcile(
         )
     });
     let plan = resolved.map(|r| plan::compile(&r));
+    let (warehouse_name, warehouse) = plan_warehouse(&calculation, &catalog);
+    let job_refused = plan.as_ref().ok().and_then(|plan| {
+        ctx.defaults
+            .policy
+            .check(
+                &warehouse,
+                &ctx.defaults.image,
+                ctx.defaults.service_account_name.as_deref(),
+                &plan.engine.duckdb.data_directories,
+            )
+            .err()
+            .map(|violation| match &warehouse_name {
+                Some(name) => format!("Warehouse/{name}: {violation}"),
+                None => violation.to_string(),
+            })
+    });
     let job_name = job_name(&name, generation);
     let uid = calculation.uid();
     let status = calculation.status.clone().unwrap_or_default();
@@ -370,12 +465,12 @@ async fn reconcile(
         job,
         origin: schedule_origin(&calculation),
         missing_service_account: None,
+        job_refused,
         now,
     };
     let mut actions = decide(&observed);
     // The account is looked up only when a Job is to be created: most reconciles
     // create none.
-    let warehouse = plan_warehouse(&calculation, &catalog);
     if actions.iter().any(|a| matches!(a, Action::CreateJob(_)))
         && let Some(name) = job::service_account(&warehouse, &ctx.defaults)
     {
@@ -477,8 +572,11 @@ fn schedule_origin(calculation: &MetricCalculation) -> Option<ScheduleOrigin> {
     })
 }
 
-/// The Job settings of the calculation's Warehouse, if it names one.
-fn plan_warehouse(calculation: &MetricCalculation, catalog: &Catalog) -> JobSettings {
+/// The name and Job settings of the calculation's Warehouse, if it names one.
+fn plan_warehouse(
+    calculation: &MetricCalculation,
+    catalog: &Catalog,
+) -> (Option<String>, JobSettings) {
     let template = &calculation.spec.calculation;
     let name = template.warehouse.clone().or_else(|| {
         catalog
@@ -486,9 +584,12 @@ fn plan_warehouse(calculation: &MetricCalculation, catalog: &Catalog) -> JobSett
             .get(&template.exposure_table)
             .and_then(|t| t.spec.warehouse.clone())
     });
-    name.and_then(|n| catalog.warehouses.get(&n))
+    let settings = name
+        .as_ref()
+        .and_then(|n| catalog.warehouses.get(n))
         .and_then(|w| w.spec.job.clone())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (name, settings)
 }
 
 /// Logs a failed reconcile and retries it with per-object exponential backoff.
@@ -783,6 +884,180 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use kube::runtime::watcher::Event;
+
+    /// A cache holding `objects`, as if its watch had delivered them.
+    fn cache<K: Watched>(objects: impl IntoIterator<Item = K>) -> Store<K> {
+        let (store, mut writer) = reflector::store();
+        for object in objects {
+            writer.apply_watcher_event(&Event::Apply(object));
+        }
+        store
+    }
+
+    /// A client whose API server answers GETs of the objects in `served` (by path)
+    /// and 404 otherwise, and the paths it was asked for.
+    fn api_server(
+        served: std::collections::BTreeMap<String, Value>,
+    ) -> (Client, Arc<std::sync::Mutex<Vec<String>>>) {
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = asked.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let path = request.uri().path().to_string();
+                record.lock().unwrap().push(path.clone());
+                let (code, body) = match served.get(&path) {
+                    Some(object) => (200, object.clone()),
+                    None => (
+                        404,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": format!("{path} not found")}),
+                    ),
+                };
+                respond.send_response(
+                    http::Response::builder()
+                        .status(code)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), asked)
+    }
+
+    /// The example's resources, namespace `default`.
+    fn example() -> (Catalog, MetricCalculation) {
+        let manifests = crate::manifest::load(&[std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/checkout-experiment"
+        ))])
+        .unwrap();
+        let calculation = manifests.calculations[0].1.clone();
+        let mut catalog = manifests.catalog("default").unwrap().clone();
+        // A cluster's Warehouse declares where its data is; `tally run` infers it.
+        let data = std::mem::take(&mut catalog.local_data_directories);
+        for warehouse in catalog.warehouses.values_mut() {
+            warehouse.spec.duckdb.get_or_insert_with(Default::default).data_directories =
+                data.clone();
+        }
+        (catalog, calculation)
+    }
+
+    /// A Complete Job `calc-1` of the calculation `calc-uid`, and its result ConfigMap
+    /// owned by `owners`.
+    fn completed_job_and_result(owners: &[&str]) -> std::collections::BTreeMap<String, Value> {
+        let result = crate::result::CalculationResult {
+            times: crate::plan::CalculationPlan::for_tests().times.to_status(),
+            metric_results: crate::api::MetricResults::default(),
+            analysis: crate::api::Analysis::default(),
+        };
+        let job = serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "calc-1", "namespace": "default", "uid": "job-uid",
+                "ownerReferences": [{"apiVersion": "tally.dev/v1alpha1", "kind": "MetricCalculation",
+                    "name": "calc", "uid": "calc-uid", "controller": true}]},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+        });
+        let config_map = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "calc-1-result", "namespace": "default",
+                "ownerReferences": owners.iter().map(|uid| serde_json::json!({
+                    "apiVersion": "v1", "kind": "Thing", "name": "x", "uid": uid})).collect::<Vec<_>>()},
+            "data": {RESULT_KEY: serde_json::to_string(&result).unwrap()},
+        });
+        [
+            (
+                "/apis/batch/v1/namespaces/default/jobs/calc-1".to_string(),
+                job,
+            ),
+            (
+                "/api/v1/namespaces/default/configmaps/calc-1-result".to_string(),
+                config_map,
+            ),
+        ]
+        .into()
+    }
+
+    #[tokio::test]
+    async fn only_a_result_the_job_owns_is_read() {
+        let (client, _) = api_server(completed_job_and_result(&["job-uid", "calc-uid"]));
+        let state = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
+            .await
+            .unwrap();
+        assert!(matches!(state, JobState::Succeeded(Ok(_))), "{state:?}");
+
+        // Made by someone else in the namespace, naming the calculation as its owner.
+        let (client, _) = api_server(completed_job_and_result(&["calc-uid"]));
+        let state = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
+            .await
+            .unwrap();
+        let JobState::Succeeded(Err(message)) = state else {
+            panic!("a result the Job does not own was read: {state:?}");
+        };
+        assert!(message.contains("does not own"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_reference_the_cache_has_not_seen_yet_is_fetched_and_resolves() {
+        let (catalog, calculation) = example();
+        let warehouse = catalog.warehouses.values().next().unwrap().clone();
+        let references = References {
+            // The Warehouse's watch event triggered this reconcile; its cache lags.
+            warehouses: cache([]),
+            exposure_tables: cache(catalog.exposure_tables.values().cloned()),
+            fact_tables: cache(catalog.fact_tables.values().cloned()),
+            dimension_tables: cache(catalog.dimension_tables.values().cloned()),
+            metrics: cache(catalog.metrics.values().cloned()),
+        };
+        let path = format!(
+            "/apis/tally.dev/v1alpha1/namespaces/default/warehouses/{}",
+            warehouse.name_any()
+        );
+        assert!(matches!(
+            plan::resolve(&calculation, &references.catalog("default")),
+            Err(plan::PlanError::MissingReference {
+                kind: "Warehouse",
+                ..
+            })
+        ));
+        let (client, asked) =
+            api_server([(path.clone(), serde_json::to_value(&warehouse).unwrap())].into());
+        let complete = references
+            .catalog_for(&client, "default", &calculation)
+            .await
+            .unwrap();
+        assert!(plan::resolve(&calculation, &complete).is_ok());
+        assert_eq!(*asked.lock().unwrap(), [path]);
+    }
+
+    #[tokio::test]
+    async fn a_reference_that_does_not_exist_is_asked_for_once_and_stays_missing() {
+        let (catalog, calculation) = example();
+        let references = References {
+            warehouses: cache(catalog.warehouses.values().cloned()),
+            exposure_tables: cache(catalog.exposure_tables.values().cloned()),
+            fact_tables: cache(catalog.fact_tables.values().cloned()),
+            dimension_tables: cache(catalog.dimension_tables.values().cloned()),
+            metrics: cache([]),
+        };
+        let (client, asked) = api_server([].into());
+        let partial = references
+            .catalog_for(&client, "default", &calculation)
+            .await
+            .unwrap();
+        assert!(matches!(
+            plan::resolve(&calculation, &partial),
+            Err(plan::PlanError::MissingReference { kind: "Metric", .. })
+        ));
+        assert_eq!(asked.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn only_cancelled_schedules_ignore_reference_changes() {

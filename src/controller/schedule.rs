@@ -55,6 +55,20 @@ fn run_spec(schedule: &ScheduledMetricCalculation, fire_time: Timestamp) -> Metr
 
 /// What a run would compute now, as a fingerprint, with the delivery marks of the
 /// tables it reads; or why the template does not resolve.
+/// A calculation of the schedule's first run: what resolving its template means.
+fn probe(
+    schedule: &ScheduledMetricCalculation,
+    grid: &Result<RunGrid, String>,
+) -> MetricCalculation {
+    let start = schedule.spec.schedule_start_time.0;
+    let end = grid
+        .as_ref()
+        .ok()
+        .and_then(|g| g.fire_time(0))
+        .unwrap_or(start + SignedDuration::from_secs(1));
+    MetricCalculation::new(&schedule.name_any(), run_spec(schedule, end))
+}
+
 fn definition(
     schedule: &ScheduledMetricCalculation,
     grid: &Result<RunGrid, String>,
@@ -63,14 +77,7 @@ fn definition(
 ) -> (Result<String, String>, Vec<super::readiness::TableDelivery>) {
     let name = schedule.name_any();
     let template = &schedule.spec.metric_calculation_spec;
-    let start = schedule.spec.schedule_start_time.0;
-    let end = grid
-        .as_ref()
-        .ok()
-        .and_then(|g| g.fire_time(0))
-        .unwrap_or(start + SignedDuration::from_secs(1));
-    let probe = MetricCalculation::new(&name, run_spec(schedule, end));
-    match plan::resolve(&probe, catalog) {
+    match plan::resolve(&probe(schedule, grid), catalog) {
         Ok(resolved) => {
             let metric = catalog.metrics.get(&template.metric);
             let identity = json!([
@@ -177,7 +184,10 @@ pub async fn reconcile(
         spec.schedule_end_time.as_ref().map(|t| t.0),
     )
     .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
-    let catalog = ctx.references.catalog(&namespace);
+    let catalog = ctx
+        .references
+        .catalog_for(&ctx.client, &namespace, &probe(&schedule, &grid))
+        .await?;
     let (definition, deliveries) = definition(&schedule, &grid, &catalog, now);
 
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -211,6 +221,7 @@ pub async fn reconcile(
         children,
         definition,
         deliveries,
+        created: schedule.metadata.creation_timestamp.as_ref().map(|t| t.0),
         now,
     };
     let decision = decide_schedule(&observed);

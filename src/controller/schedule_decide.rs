@@ -75,6 +75,8 @@ pub struct ScheduleObserved {
     pub definition: Result<String, String>,
     /// Delivery marks of the tables a run reads.
     pub deliveries: Vec<TableDelivery>,
+    /// When the schedule was created: runs due before then were never missed.
+    pub created: Option<Timestamp>,
     pub now: Timestamp,
 }
 
@@ -279,6 +281,7 @@ impl<'a> Decider<'a> {
 
     fn start_run(&mut self, run: NewRun, note: String) {
         self.status.latest_calculation = Some(run.name.clone());
+        self.status.last_scheduled_run_time = Some(Time(run.fire_time));
         self.status.iteration = Some(run.iteration);
         self.status.executed_calculations_count =
             Some(self.status.executed_calculations_count.unwrap_or(0) + 1);
@@ -388,7 +391,7 @@ impl<'a> Decider<'a> {
                     .is_none_or(|e| e.error_message != message);
             self.activity(ScheduleActivity {
                 error: Some(ScheduleError {
-                    error_message: message.clone(),
+                    error_message: super::conditions::bounded(&message),
                 }),
                 ..ScheduleActivity::default()
             });
@@ -506,11 +509,24 @@ impl<'a> Decider<'a> {
 
         let iteration = self.status.iteration.unwrap_or(0);
         let name = child_name(&self.o.name, iteration, due);
-        let skipped = due - next_run;
+        // Of the runs due before this one, those due before the schedule existed were
+        // never missed: a schedule created after its start begins with the latest due
+        // run, which covers them.
+        let existed_from = self.o.created.map_or(0, |created| {
+            grid.first_at_or_after(created).unwrap_or(u64::MAX)
+        });
+        let before_creation = existed_from.min(due).saturating_sub(next_run);
+        let skipped = due - next_run - before_creation;
         let mut note = format!(
             "run {due} fires at {fire_time}: {name} covers exposure from {} until then",
             grid.start()
         );
+        if before_creation > 0 {
+            note = format!(
+                "{note}; the schedule starts with the latest due run, which covers the \
+                 {before_creation} run(s) due before it was created (results are cumulative)"
+            );
+        }
         if skipped > 0 {
             let message = format!(
                 "{skipped} earlier run(s) came due while the schedule could not run; run \
@@ -611,7 +627,7 @@ pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
             d.status.observed_generation = Some(o.generation);
             d.activity(ScheduleActivity {
                 error: Some(ScheduleError {
-                    error_message: message.clone(),
+                    error_message: super::conditions::bounded(&message),
                 }),
                 ..ScheduleActivity::default()
             });
@@ -740,6 +756,7 @@ mod tests {
                     children: Vec::new(),
                     definition: Ok("v1".into()),
                     deliveries: Vec::new(),
+                    created: None,
                     now: t(now),
                 },
                 created: Vec::new(),
@@ -948,6 +965,58 @@ mod tests {
         w.settle();
         assert_eq!(w.created_names(), ["daily-0-0", "daily-0-2"]);
         assert_eq!(w.reason("RunsSkipped"), Some("CaughtUp"));
+    }
+
+    /// The notes of the events a decision on the world as it stands would publish.
+    fn notes(w: &World) -> Vec<String> {
+        decide_schedule(&w.o)
+            .actions
+            .into_iter()
+            .filter_map(|action| match action {
+                ScheduleAction::Event { note, .. } => Some(note),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_due_before_the_schedule_was_created_are_not_reported_skipped() {
+        // Created on the 6th at noon with a start on the 1st: runs 0..=4 are due.
+        let mut w = World::new("2026-11-06T12:00:00Z");
+        w.o.created = Some(t("2026-11-06T12:00:00Z"));
+        assert!(
+            notes(&w)
+                .iter()
+                .any(|n| n.contains("covers the 4 run(s) due before it was created")),
+            "{:?}",
+            notes(&w)
+        );
+        w.settle();
+        assert_eq!(w.created_names(), ["daily-0-4"]);
+        assert_eq!(
+            w.o.status.last_scheduled_run_time.as_ref().map(|t| t.0),
+            Some(t("2026-11-06T00:00:00Z"))
+        );
+        assert!(!w.events.contains(&"RunsSkipped"), "{:?}", w.events);
+        assert_eq!(w.reason("RunsSkipped"), None);
+
+        // Created on the 4th at noon, first seen on the 6th at noon: of runs 0..=3 due
+        // before run 4, only run 3 (the 5th) came due while the schedule existed.
+        let mut w = World::new("2026-11-06T12:00:00Z");
+        w.o.created = Some(t("2026-11-04T12:00:00Z"));
+        w.settle();
+        assert_eq!(w.created_names(), ["daily-0-4"]);
+        let skipped =
+            w.o.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "RunsSkipped")
+                .unwrap();
+        assert!(
+            skipped.message.starts_with("1 earlier run(s)"),
+            "{}",
+            skipped.message
+        );
     }
 
     #[test]

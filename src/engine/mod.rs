@@ -2,6 +2,11 @@
 
 pub mod duckdb;
 
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
 use crate::api::Engine;
 use crate::plan::{CalculationPlan, SqlValue};
 
@@ -37,24 +42,75 @@ pub enum EngineError {
     Value { column: String, message: String },
 }
 
-/// Lets another thread abort a running query (on SIGTERM, on cancel).
+/// Aborts an engine's running statement from another thread.
 pub trait Interrupt: Send + Sync {
     fn interrupt(&self);
 }
 
-/// Runs the plan's SQL on its engine. `on_start` receives a handle that aborts the
-/// query, for callers that need to cancel it.
+/// A request to stop a calculation (SIGTERM on the worker), which may come at any
+/// point of its life: before the engine is open, between statements, or while one
+/// runs. A request is remembered, so a statement that starts after it is stopped at
+/// once instead of running to the end.
+#[derive(Clone, Default)]
+pub struct Cancellation(Arc<CancellationState>);
+
+#[derive(Default)]
+struct CancellationState {
+    requested: AtomicBool,
+    running: Mutex<Option<Box<dyn Interrupt>>>,
+}
+
+impl Cancellation {
+    /// Requests the stop and interrupts the running statement, if any. Safe to call
+    /// again: an engine may miss an interrupt that arrives just as a statement starts.
+    pub fn cancel(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        if let Ok(running) = self.0.running.lock()
+            && let Some(statement) = running.as_ref()
+        {
+            statement.interrupt();
+        }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once a stop was requested: engines check it before each step.
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.is_requested() {
+            Err(EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Registers the statement about to run, so that [`Self::cancel`] interrupts it;
+    /// `Err(Cancelled)` when the stop came first.
+    pub fn start(&self, statement: Box<dyn Interrupt>) -> Result<(), EngineError> {
+        let mut running = self
+            .0
+            .running
+            .lock()
+            .map_err(|_| EngineError::Query("the cancellation state is poisoned".into()))?;
+        *running = Some(statement);
+        self.check()
+    }
+}
+
+/// Runs the plan's SQL on its engine; `cancellation` stops it at any point.
 pub fn run(
     plan: &CalculationPlan,
-    on_start: impl FnOnce(Box<dyn Interrupt>),
+    cancellation: &Cancellation,
 ) -> Result<QueryResult, EngineError> {
+    cancellation.check()?;
     match plan.engine.engine {
         Engine::DuckDb => {
             let session = duckdb::Session::open(&plan.engine.duckdb)?;
             for source in &plan.sources {
-                session.check_source(source)?;
+                session.check_source(source, cancellation)?;
             }
-            session.query(&plan.sql, on_start)
+            session.query(&plan.sql, cancellation)
         }
     }
 }

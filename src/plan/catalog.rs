@@ -12,6 +12,10 @@ pub struct Catalog {
     pub fact_tables: BTreeMap<String, FactTable>,
     pub dimension_tables: BTreeMap<String, DimensionTable>,
     pub metrics: BTreeMap<String, Metric>,
+    /// Directories every calculation may read files from besides its Warehouse's
+    /// data directories: `tally run` adds those of the manifests' own `files`
+    /// sources (and of `--allow-dir`); a cluster's catalog has none.
+    pub local_data_directories: Vec<String>,
 }
 
 impl Catalog {

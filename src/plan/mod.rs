@@ -6,6 +6,7 @@
 //! it (with what is needed to read its rows) to an engine, in-process or in a Job.
 
 mod catalog;
+pub mod data_access;
 mod fragment;
 mod resolve;
 mod rows;

@@ -6,7 +6,7 @@ use crate::api::{
     TableSource, ThresholdOperator,
 };
 
-use super::{Catalog, EngineSettings, PlanError, PlanTimes, fragment::check_fragment};
+use super::{Catalog, EngineSettings, PlanError, PlanTimes, data_access, fragment::check_fragment};
 
 /// A calculation with every reference followed and every name checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,7 +154,11 @@ fn column(resource: &str, field: String, value: &str) -> Result<String, PlanErro
     Ok(value.to_string())
 }
 
-fn source(resource: &str, spec: &TableSource, engine: Engine) -> Result<Source, PlanError> {
+fn source(
+    resource: &str,
+    spec: &TableSource,
+    engine: &EngineSettings,
+) -> Result<Source, PlanError> {
     let set = [
         spec.table.is_some(),
         spec.sql.is_some(),
@@ -184,8 +188,26 @@ fn source(resource: &str, spec: &TableSource, engine: Engine) -> Result<Source, 
             "is empty",
         ));
     }
-    match engine {
-        Engine::DuckDb => Ok(Source::Files(files)),
+    match engine.engine {
+        Engine::DuckDb => {
+            let directories = &engine.duckdb.data_directories;
+            if !data_access::within(&files, directories) {
+                return Err(PlanError::invalid(
+                    resource,
+                    "spec.source.files",
+                    format!(
+                        "{files:?} is not under a data directory of the Warehouse ({}): \
+                         declare its directory in the Warehouse's spec.duckdb.dataDirectories",
+                        if directories.is_empty() {
+                            "none declared".to_string()
+                        } else {
+                            directories.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Ok(Source::Files(files))
+        }
     }
 }
 
@@ -238,15 +260,25 @@ pub fn resolve(
             (None, Some(name)) => (Some(name.clone()), "spec.warehouse", exposure_name.as_str()),
             (None, None) => (None, "", ""),
         };
-    let engine = match &warehouse_name {
+    let mut engine = match &warehouse_name {
         Some(name) => {
             let warehouse = catalog
                 .warehouses
                 .get(name)
                 .ok_or_else(|| missing(warehouse_referrer, warehouse_field, "Warehouse", name))?;
+            let duckdb = warehouse.spec.duckdb.clone().unwrap_or_default();
+            for (index, directory) in duckdb.data_directories.iter().enumerate() {
+                data_access::check_data_directory(directory).map_err(|message| {
+                    PlanError::invalid(
+                        &format!("Warehouse/{name}"),
+                        format!("spec.duckdb.dataDirectories[{index}]"),
+                        message,
+                    )
+                })?;
+            }
             EngineSettings {
                 engine: warehouse.spec.engine,
-                duckdb: warehouse.spec.duckdb.clone().unwrap_or_default(),
+                duckdb,
             }
         }
         None => EngineSettings {
@@ -254,6 +286,12 @@ pub fn resolve(
             duckdb: DuckDbSettings::default(),
         },
     };
+    for directory in &catalog.local_data_directories {
+        if !engine.duckdb.data_directories.contains(directory) {
+            engine.duckdb.data_directories.push(directory.clone());
+        }
+    }
+    let engine = engine;
     let same_warehouse = |resource: &str, table_warehouse: &Option<String>| match table_warehouse {
         Some(w) if Some(w) != warehouse_name.as_ref() => Err(PlanError::invalid(
             resource,
@@ -268,7 +306,7 @@ pub fn resolve(
 
     let e = &exposure_table.spec;
     let exposure = ExposureRead {
-        source: source(&exposure_name, &e.source, engine.engine)?,
+        source: source(&exposure_name, &e.source, &engine)?,
         entity: column(&exposure_name, "spec.entityColumn".into(), &e.entity_column)?,
         timestamp: column(
             &exposure_name,
@@ -352,7 +390,7 @@ pub fn resolve(
             None => None,
         };
         let read = FactRead {
-            source: source(&fact_name, &fact.spec.source, engine.engine)?,
+            source: source(&fact_name, &fact.spec.source, &engine)?,
             entity: column(
                 &fact_name,
                 "spec.entityColumn".into(),
@@ -574,7 +612,7 @@ pub fn resolve(
                             ),
                         )
                     })?;
-                let table_source = source(&table_ref, &table.spec.source, engine.engine)?;
+                let table_source = source(&table_ref, &table.spec.source, &engine)?;
                 let entity = column(
                     &table_ref,
                     "spec.entityColumn".into(),

@@ -55,6 +55,7 @@ spec:
 
 fn catalog(exposures: &str, facts: &str, metric: &str) -> Catalog {
     let mut catalog = Catalog::default();
+    catalog.local_data_directories.push("/data".into());
     catalog.add_exposure_table(parse::<ExposureTable>(exposures));
     catalog.add_fact_table(parse::<FactTable>(facts));
     catalog.add_metric(parse::<Metric>(metric));
@@ -382,5 +383,56 @@ fn caps_and_thresholds_must_be_finite() {
             error.to_string(),
             format!("Metric/revenue: {field}: must be a finite number")
         );
+    }
+}
+
+#[test]
+fn a_table_reads_files_only_under_the_warehouses_data_directories() {
+    let warehouse = |directories: &str| -> crate::api::Warehouse {
+        parse(&format!(
+            "apiVersion: tally.dev/v1alpha1\nkind: Warehouse\nmetadata: {{name: wh, namespace: ns}}\n\
+             spec: {{engine: duckdb, duckdb: {{dataDirectories: {directories}}}}}\n"
+        ))
+    };
+    let on_warehouse = |exposures: &str, directories: &str| {
+        let mut catalog = Catalog::default();
+        catalog.add_warehouse(warehouse(directories));
+        catalog.add_exposure_table(parse::<ExposureTable>(
+            &exposures.replace("spec:\n", "spec:\n  warehouse: wh\n"),
+        ));
+        catalog.add_fact_table(parse::<FactTable>(
+            &PURCHASES.replace("spec:\n", "spec:\n  warehouse: wh\n"),
+        ));
+        catalog.add_metric(parse::<Metric>(REVENUE));
+        resolve(&calculation(), &catalog)
+    };
+    assert!(on_warehouse(EXPOSURES, "[/data]").is_ok());
+    // The worker's token, its environment, or a sibling of the data directory.
+    for files in [
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        "/proc/self/environ",
+        "/data/../etc/passwd",
+        "/database/x.csv",
+    ] {
+        let exposures = EXPOSURES.replace("/data/exposures.csv", files);
+        let (resource, field, message) =
+            invalid_field(on_warehouse(&exposures, "[/data]").unwrap_err());
+        assert_eq!(
+            (resource.as_str(), field.as_str()),
+            ("ExposureTable/exposures", "spec.source.files"),
+            "{files}"
+        );
+        assert!(message.contains("dataDirectories"), "{message}");
+    }
+    // Nor can a Warehouse open the token's directory, or everything.
+    for directories in [
+        "[/var/run/secrets]",
+        "[/]",
+        "[/data, /proc]",
+        "[relative/dir]",
+    ] {
+        let (resource, field, _) = invalid_field(on_warehouse(EXPOSURES, directories).unwrap_err());
+        assert_eq!(resource, "Warehouse/wh", "{directories}");
+        assert!(field.starts_with("spec.duckdb.dataDirectories["), "{field}");
     }
 }

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-/// `../shared/testdata` beside the repository, or `TALLY_TESTDATA`.
+/// The repository's `testdata/` (a copy of the shared reference data), or
+/// `TALLY_TESTDATA`.
 pub fn testdata_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("TALLY_TESTDATA") {
         return PathBuf::from(dir);
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
     assert!(
         dir.join("cases").is_dir(),
-        "reference data not found at {}: clone the repository beside shared/ or set TALLY_TESTDATA",
+        "reference data not found at {}: set TALLY_TESTDATA to a copy of it",
         dir.display()
     );
     dir

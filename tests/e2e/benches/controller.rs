@@ -158,14 +158,19 @@ async fn main() {
         .apply_yaml(
             r#"
 apiVersion: tally.dev/v1alpha1
+kind: Warehouse
+metadata: {name: lake, namespace: default}
+spec: {engine: duckdb, duckdb: {dataDirectories: [/data]}}
+---
+apiVersion: tally.dev/v1alpha1
 kind: ExposureTable
 metadata: {name: exposures, namespace: default}
-spec: {source: {files: /data/exposures.parquet}, entityColumn: user_id, timestampColumn: ts, variantColumn: variant}
+spec: {warehouse: lake, source: {files: /data/exposures.parquet}, entityColumn: user_id, timestampColumn: ts, variantColumn: variant}
 ---
 apiVersion: tally.dev/v1alpha1
 kind: FactTable
 metadata: {name: purchases, namespace: default}
-spec: {source: {files: /data/purchases.parquet}, entityColumn: user_id, timestampColumn: ts, measurements: [{name: amount}]}
+spec: {warehouse: lake, source: {files: /data/purchases.parquet}, entityColumn: user_id, timestampColumn: ts, measurements: [{name: amount}]}
 ---
 apiVersion: tally.dev/v1alpha1
 kind: Metric

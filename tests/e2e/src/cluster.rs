@@ -476,7 +476,7 @@ fn fresh_namespace(test: &str) -> String {
 }
 
 /// The worker's ServiceAccount and what `tally worker` may do in the namespace: read
-/// its Job, apply its result ConfigMap (the chart's worker rules).
+/// its Job, create its result ConfigMap (the chart's worker rules).
 fn worker_rbac(namespace: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -488,7 +488,7 @@ kind: Role
 metadata: {{name: {WORKER_SERVICE_ACCOUNT}}}
 rules:
   - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
-  - {{apiGroups: [""], resources: [configmaps], verbs: [get, create, patch]}}
+  - {{apiGroups: [""], resources: [configmaps], verbs: [create]}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding

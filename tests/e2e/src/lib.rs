@@ -49,6 +49,12 @@ pub fn example() -> PathBuf {
         .expect("examples/checkout-experiment")
 }
 
+/// One of the example's manifests (`warehouse.yaml`, `tables.yaml`, `metrics.yaml`,
+/// `calculations.yaml`).
+pub fn example_manifest(name: &str) -> PathBuf {
+    example().join("manifests").join(name)
+}
+
 /// The repository's generated CRDs.
 pub fn crds() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds")
@@ -268,9 +274,14 @@ pub async fn tally_cli_with(kubeconfig: &Path, args: &[&str]) -> String {
 }
 
 /// The example's manifests as one multi-document YAML, with `files` made absolute
-/// (a worker's working directory is not the manifests' directory).
+/// (a worker's working directory is not the manifests' directory) and the Warehouse
+/// declaring their directory, the only one its workers may read.
 pub fn example_manifests() -> String {
     let data = format!("files: {}/data/", example().display());
+    let data_directory = format!(
+        "  duckdb:\n    dataDirectories: [\"{}/data/\"]\n",
+        example().display()
+    );
     [
         "warehouse.yaml",
         "tables.yaml",
@@ -279,9 +290,10 @@ pub fn example_manifests() -> String {
     ]
     .iter()
     .map(|f| {
-        std::fs::read_to_string(example().join(f))
+        std::fs::read_to_string(example_manifest(f))
             .expect("an example manifest")
-            .replace("files: data/", &data)
+            .replace("files: ../data/", &data)
+            .replace("  duckdb:\n", &data_directory)
     })
     .collect::<Vec<_>>()
     .join("\n---\n")

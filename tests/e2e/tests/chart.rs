@@ -165,15 +165,15 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "/serviceaccounts: get",
             "batch/jobs: create,delete,get,list,watch",
             "events.k8s.io/events: create,patch",
-            "tally.dev/dimensiontables: list,watch",
-            "tally.dev/exposuretables: list,watch",
-            "tally.dev/facttables: list,watch",
+            "tally.dev/dimensiontables: get,list,watch",
+            "tally.dev/exposuretables: get,list,watch",
+            "tally.dev/facttables: get,list,watch",
             "tally.dev/metriccalculations/status: patch",
             "tally.dev/metriccalculations: create,delete,get,list,patch,watch",
-            "tally.dev/metrics: list,watch",
+            "tally.dev/metrics: get,list,watch",
             "tally.dev/scheduledmetriccalculations/status: patch",
             "tally.dev/scheduledmetriccalculations: get,list,patch,watch",
-            "tally.dev/warehouses: list,watch",
+            "tally.dev/warehouses: get,list,watch",
         ]
     );
     let binding = find(&objects, "ClusterRoleBinding", "tally-controller");
@@ -182,10 +182,10 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "tally-controller", "namespace": "tally-system"}])
     );
-    // The worker reads its Job and applies its result ConfigMap, in its namespace only.
+    // The worker reads its Job and creates its result ConfigMap, in its namespace only.
     assert_eq!(
         rules(find(&objects, "ClusterRole", "tally-worker")),
-        ["/configmaps: create,get,patch", "batch/jobs: get"]
+        ["/configmaps: create", "batch/jobs: get"]
     );
     let worker_binding = find(&objects, "RoleBinding", "tally-worker");
     assert_eq!(
@@ -310,6 +310,13 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "image": {"repository": "registry.example/tally-worker", "tag": "9.9.10"},
             "serviceAccount": {"name": "calculations", "annotations": {"example.com/role": "reader"}},
             "namespaces": ["analytics", "growth"],
+            "policy": {
+                "imageRepositories": ["registry.example/tally-gpu"],
+                "serviceAccounts": ["warehouse-reader"],
+                "volumeTypes": ["configMap", "persistentVolumeClaim"],
+                "nodeSelectorKeys": ["pool"],
+                "tolerationKeys": ["dedicated"],
+            },
         },
     })) else {
         return;
@@ -334,6 +341,12 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--leader-election-lease=metrics-controller",
             "--leader-election-lease-duration=30",
             "--http-address=:9090",
+            "--allowed-worker-image-repository=registry.example/tally-gpu",
+            "--allowed-worker-service-account=warehouse-reader",
+            "--allowed-volume-type=configMap",
+            "--allowed-volume-type=persistentVolumeClaim",
+            "--allowed-node-selector-key=pool",
+            "--allowed-toleration-key=dedicated",
             "--example=1",
         ]
     );
@@ -430,6 +443,10 @@ fn the_values_schema_rejects_mistakes() {
         (json!({"workers": {"namespaces": ["a"]}}), "workers"),
         (json!({"image": {"pullPolicy": "Sometimes"}}), "pullPolicy"),
         (json!({"concurrency": 0}), "concurrency"),
+        (
+            json!({"worker": {"policy": {"volumeTypes": ["hostPath"]}}}),
+            "volumeTypes",
+        ),
         (
             json!({"leaderElection": {"leaseDuration": 1}}),
             "leaseDuration",

@@ -13,7 +13,7 @@ use kube::{
     api::{DynamicObject, ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use tally_e2e::{TestCluster, assert_close, condition, example, patience, printed_status};
+use tally_e2e::{TestCluster, assert_close, condition, example_manifest, patience, printed_status};
 
 fn calculations(cluster: &TestCluster) -> Api<DynamicObject> {
     cluster.tally_api("MetricCalculation")
@@ -181,7 +181,7 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
     let (without_metrics, _) = manifests.split_once("# Revenue per exposed user").unwrap();
     cluster.apply_yaml(without_metrics).await;
     cluster
-        .apply_yaml(&std::fs::read_to_string(example().join("calculations.yaml")).unwrap())
+        .apply_yaml(&std::fs::read_to_string(example_manifest("calculations.yaml")).unwrap())
         .await;
     let _controller = cluster.start_controller();
     let deadline = Instant::now() + patience(30);
@@ -205,7 +205,7 @@ async fn a_missing_metric_is_a_condition_until_it_appears() {
     }
     assert!(calculation_jobs(&cluster).await.is_empty());
     cluster
-        .apply_yaml(&std::fs::read_to_string(example().join("metrics.yaml")).unwrap())
+        .apply_yaml(&std::fs::read_to_string(example_manifest("metrics.yaml")).unwrap())
         .await;
     wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
 }

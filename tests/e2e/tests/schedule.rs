@@ -45,9 +45,17 @@ fn manifests(dir: &Path, name: &str, start: Timestamp, metric: &str, schedule: &
     format!(
         r#"
 apiVersion: tally.dev/v1alpha1
+kind: Warehouse
+metadata: {{name: live-duckdb, namespace: default}}
+spec:
+  engine: duckdb
+  duckdb: {{dataDirectories: ["{dir}"]}}
+---
+apiVersion: tally.dev/v1alpha1
 kind: ExposureTable
 metadata: {{name: live-exposures, namespace: default}}
 spec:
+  warehouse: live-duckdb
   source: {{files: {dir}/exposures.csv}}
   entityColumn: user_id
   timestampColumn: ts
@@ -57,6 +65,7 @@ apiVersion: tally.dev/v1alpha1
 kind: FactTable
 metadata: {{name: live-purchases, namespace: default}}
 spec:
+  warehouse: live-duckdb
   source: {{files: {dir}/purchases.csv}}
   entityColumn: user_id
   timestampColumn: ts

@@ -288,10 +288,21 @@ async fn resource(
                 return Err(nf());
             }
             match r.method.as_str() {
-                "GET" => Ok(json_response(
-                    200,
-                    &present(ctx.store.with(|s| s.get_view(&t, name))?),
-                )),
+                "GET" => {
+                    let object = present(ctx.store.with(|s| s.get_view(&t, name))?);
+                    // `kubectl get KIND NAME` asks for a Table, as for a list: a plain
+                    // object would lose the printer columns.
+                    if table::wants_table(&r.accept) && !metadata_only {
+                        let include = r.q("includeObject").unwrap_or("Metadata").to_string();
+                        let meta =
+                            json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                        return Ok(json_response(
+                            200,
+                            &table::table(&def, version, &[object], &include, meta),
+                        ));
+                    }
+                    Ok(json_response(200, &object))
+                }
                 "PUT" => {
                     let body = parse_body(&r.body)?;
                     let opts = r.write_opts();

@@ -45,6 +45,11 @@ async fn apply_get_annotate_patch_and_cel() {
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(header, vec!["NAME", "SIZE", "PHASE", "AGE"]);
     assert!(lines.next().unwrap().starts_with("w1     3"), "{table}");
+    // One object by name gets the same columns.
+    let one = run(&emu, &["get", "widget", "w1"]).await;
+    let header: Vec<&str> = one.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, vec!["NAME", "SIZE", "PHASE", "AGE"], "{one}");
+    assert!(one.lines().nth(1).unwrap().starts_with("w1     3"), "{one}");
 
     // Client-side apply of a change, then server-side apply.
     assert!(
