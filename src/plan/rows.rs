@@ -105,9 +105,9 @@ impl Row<'_> {
     fn moments<const K: usize>(&self, prefix: &str) -> Result<Moments<K>, RowError> {
         let mut shift = [0.0; K];
         let mut sums = [0.0; K];
-        for i in 0..K {
-            shift[i] = self.float(&format!("{prefix}_c{i}"))?;
-            sums[i] = self.float(&format!("{prefix}_s{i}"))?;
+        for (i, (shift, sum)) in shift.iter_mut().zip(sums.iter_mut()).enumerate() {
+            *shift = self.float(&format!("{prefix}_c{i}"))?;
+            *sum = self.float(&format!("{prefix}_s{i}"))?;
         }
         let mut upper = Vec::with_capacity(K * (K + 1) / 2);
         for i in 0..K {

@@ -67,6 +67,8 @@ impl<const K: usize> Moments<K> {
 
     /// Moments of individual observations around `shift`; for tests and small
     /// in-memory data.
+    // Filling a symmetric matrix indexes it by (i, j): a range loop is clearest.
+    #[allow(clippy::needless_range_loop)]
     pub fn around(shift: [f64; K], rows: &[[f64; K]]) -> Self {
         let mut out = Self {
             shift,
@@ -105,6 +107,8 @@ impl<const K: usize> Moments<K> {
 
     /// The same moments around another shift. Exact in real arithmetic; in floating
     /// point as precise as the new shift is close to the mean.
+    // Moving a symmetric matrix indexes it by (i, j): a range loop is clearest.
+    #[allow(clippy::needless_range_loop)]
     pub fn recentred(&self, shift: [f64; K]) -> Self {
         if shift == self.shift {
             return *self;
