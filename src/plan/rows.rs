@@ -99,9 +99,14 @@ impl Row<'_> {
         }
     }
 
+    /// The moments of `prefix`: its shifts `_c{i}`, shifted sums `_s{i}` and shifted
+    /// products `_p{i}{j}` (sql.rs, `moments`). The raw sums the status reports are
+    /// reconstructed from them and must be finite too.
     fn moments<const K: usize>(&self, prefix: &str) -> Result<Moments<K>, RowError> {
+        let mut shift = [0.0; K];
         let mut sums = [0.0; K];
-        for (i, sum) in sums.iter_mut().enumerate() {
+        for (i, (shift, sum)) in shift.iter_mut().zip(sums.iter_mut()).enumerate() {
+            *shift = self.float(&format!("{prefix}_c{i}"))?;
             *sum = self.float(&format!("{prefix}_s{i}"))?;
         }
         let mut upper = Vec::with_capacity(K * (K + 1) / 2);
@@ -110,11 +115,15 @@ impl Row<'_> {
                 upper.push(self.float(&format!("{prefix}_p{i}{j}"))?);
             }
         }
-        Ok(Moments::from_upper_triangle(
-            self.int(&format!("{prefix}_n"))?,
-            sums,
-            &upper,
-        ))
+        let moments =
+            Moments::from_upper_triangle(self.int(&format!("{prefix}_n"))?, shift, sums, &upper);
+        for i in 0..K {
+            finite(format!("{prefix}_s{i}"), moments.sum(i))?;
+            for j in i..K {
+                finite(format!("{prefix}_p{i}{j}"), moments.sum_of_products(i, j))?;
+            }
+        }
+        Ok(moments)
     }
 
     fn cuped<const K: usize>(&self) -> Result<CupedSums<K>, RowError> {
@@ -123,6 +132,14 @@ impl Row<'_> {
             count_missing: self.int("pre_count_missing")?,
             count_missing_rows: self.int("pre_count_missing_rows")?,
         })
+    }
+}
+
+fn finite(column: String, value: f64) -> Result<f64, RowError> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(RowError::NonFinite { column, value })
     }
 }
 

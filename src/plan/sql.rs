@@ -17,8 +17,10 @@
 //!    once per aggregate.
 //! 4. `entity_values`: per entity, the raw and transformed (cap, missing, threshold)
 //!    values of every measure, pre and post, and its dimension values.
-//! 5. `buckets`: additive moments per variant with `GROUPING SETS` for the overall and
-//!    per-dimension buckets, each moment over a `CASE` of its value as in 3.
+//! 5. `pivots`: one shift per variable of the moments, its mean over the calculation,
+//!    and `buckets`: additive moments per variant around those shifts, with
+//!    `GROUPING SETS` for the overall and per-dimension buckets, each moment over a
+//!    `CASE` of its value as in 3.
 
 use std::fmt::Write;
 
@@ -165,21 +167,46 @@ fn transformed(measure: &Measure, raw: &str) -> String {
     value
 }
 
-/// Sums of the variables and of their pairwise products over rows where `present`.
-fn moments(out: &mut String, prefix: &str, variables: &[String], present: &str) {
-    let _ = write!(out, ",\n    {} AS {prefix}_n", count_where(present));
+/// Sums of the variables and of their pairwise products over rows where `present`,
+/// each variable taken around its shift, so that variances and covariances do not
+/// cancel catastrophically when a mean is far from zero (`stats::Moments`).
+///
+/// A variable's shift `{prefix}_c{i}` is its mean over the calculation's rows where
+/// `present`, rounded to an integer when every value is one (the rule of
+/// `Moments::from_observations`): one value for every bucket, so the shifted sums of
+/// the buckets add as the raw ones do, and integer data keep exact integer sums. The
+/// shifts are columns of the `pivots` CTE (their expressions are pushed to `pivots`).
+/// `aggregates` gets `{prefix}_n`, the shifted sums `{prefix}_s{i}` = Σ(v_i − c_i) and
+/// the shifted products `{prefix}_p{i}{j}` = Σ(v_i − c_i)(v_j − c_j).
+fn moments(
+    aggregates: &mut String,
+    pivots: &mut Vec<String>,
+    prefix: &str,
+    variables: &[String],
+    present: &str,
+) {
+    let _ = write!(aggregates, ",\n    {} AS {prefix}_n", count_where(present));
+    let mut shifted = Vec::with_capacity(variables.len());
     for (i, v) in variables.iter().enumerate() {
+        let shift = format!("{prefix}_c{i}");
+        let value = only_where(present, v);
+        pivots.push(format!(
+            "coalesce(CASE WHEN bool_and({value} = round({value})) THEN round(avg({value})) ELSE avg({value}) END, CAST(0 AS DOUBLE)) AS {shift}"
+        ));
+        shifted.push(format!("({v} - {shift})"));
+    }
+    for (i, v) in shifted.iter().enumerate() {
         let _ = write!(
-            out,
+            aggregates,
             ",\n    sum({}) AS {prefix}_s{i}",
             only_where(present, v)
         );
     }
-    for i in 0..variables.len() {
-        for j in i..variables.len() {
-            let product = format!("{} * {}", variables[i], variables[j]);
+    for i in 0..shifted.len() {
+        for j in i..shifted.len() {
+            let product = format!("{} * {}", shifted[i], shifted[j]);
             let _ = write!(
-                out,
+                aggregates,
                 ",\n    sum({}) AS {prefix}_p{i}{j}",
                 only_where(present, &product)
             );
@@ -443,7 +470,14 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
         count_where(&any_raw_missing("post")),
         null_rows("post"),
     );
-    moments(&mut aggregates, "post", &post_values, &post_present);
+    let mut pivots = Vec::new();
+    moments(
+        &mut aggregates,
+        &mut pivots,
+        "post",
+        &post_values,
+        &post_present,
+    );
     if cuped {
         let _ = write!(
             aggregates,
@@ -461,7 +495,7 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
             .collect();
         variables.extend(post_values.iter().cloned());
         let both = format!("{post_present} AND {}", all_present("pre"));
-        moments(&mut aggregates, "pre", &variables, &both);
+        moments(&mut aggregates, &mut pivots, "pre", &variables, &both);
     }
     let mut grouping_sets = vec!["(variant)".to_string()];
     let mut dimension_index = String::new();
@@ -482,12 +516,17 @@ pub fn duckdb(c: &ResolvedCalculation) -> String {
     }
     let _ = write!(
         sql,
-        "buckets AS (\n  SELECT variant,\n    {dimension_index} AS dimension_index,\n    {dimension_value} AS dimension_value,\n    {aggregates}\n  FROM entity_values\n  GROUP BY GROUPING SETS ({})\n),\n",
+        "pivots AS (\n  SELECT {}\n  FROM entity_values\n),\n",
+        pivots.join(",\n    ")
+    );
+    let _ = write!(
+        sql,
+        "buckets AS (\n  SELECT variant,\n    {dimension_index} AS dimension_index,\n    {dimension_value} AS dimension_value,\n    {aggregates}\n  FROM entity_values\n  CROSS JOIN pivots\n  GROUP BY GROUPING SETS ({})\n),\n",
         grouping_sets.join(", ")
     );
     let _ = write!(
         sql,
-        "multiple_variants AS (\n  SELECT count(*) AS multiple_variant_entities FROM exposure_entities WHERE variant <> last_variant\n)\nSELECT m.multiple_variant_entities, b.*\nFROM multiple_variants AS m\nLEFT JOIN buckets AS b ON true\nORDER BY b.variant, b.dimension_index, b.dimension_value\n"
+        "multiple_variants AS (\n  SELECT count(*) AS multiple_variant_entities FROM exposure_entities WHERE variant <> last_variant\n)\nSELECT m.multiple_variant_entities, p.*, b.*\nFROM multiple_variants AS m\nCROSS JOIN pivots AS p\nLEFT JOIN buckets AS b ON true\nORDER BY b.variant, b.dimension_index, b.dimension_value\n"
     );
     sql
 }

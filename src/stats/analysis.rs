@@ -112,14 +112,16 @@ fn effect(difference: f64, standard_error: Option<f64>) -> Option<Effect> {
 }
 
 fn average_absolute(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
-    let difference = t.mean(0)? - c.mean(0)?;
+    let difference = t.mean_difference(c, 0)?;
     let se = (|| Some((t.variance(0)? / t.n as f64 + c.variance(0)? / c.n as f64).sqrt()))();
     effect(difference, se)
 }
 
 fn average_relative(t: &Moments<1>, c: &Moments<1>) -> Option<Effect> {
     let (mean_t, mean_c) = (t.mean(0)?, c.mean(0)?);
-    let difference = mean_t / mean_c - 1.0;
+    // mean_t/mean_c − 1, from the difference of the means, which keeps the digits
+    // that the means round away when they are far from zero.
+    let difference = t.mean_difference(c, 0)? / mean_c;
     let se = (|| {
         let (var_t, var_c) = (t.variance(0)?, c.variance(0)?);
         let (n_t, n_c) = (t.n as f64, c.n as f64);
@@ -152,17 +154,16 @@ fn cuped_effect(
     }
     let pooled = *t + *c;
     let theta = match (pooled.covariance(X, Y), pooled.variance(X)) {
-        // A variance within rounding of zero, relative to the mean square of x, is
-        // zero: dividing by it would make theta rounding noise.
-        (Some(covariance), Some(variance))
-            if variance > 1e-12 * pooled.sum_of_products(X, X) / pooled.n as f64 =>
-        {
+        // A variance within rounding of zero, relative to the mean square of x about
+        // its shift (the scale the variance is computed at), is zero: dividing by it
+        // would make theta rounding noise.
+        (Some(covariance), Some(variance)) if variance > 1e-12 * pooled.shifted_mean_square(X) => {
             Some(covariance / variance).filter(|theta| theta.is_finite())
         }
         _ => None,
     }
     .unwrap_or(0.0);
-    let difference = (t.mean(Y)? - c.mean(Y)?) - theta * (t.mean(X)? - c.mean(X)?);
+    let difference = t.mean_difference(c, Y)? - theta * t.mean_difference(c, X)?;
     let adjusted_variance = |post: &Moments<1>, m: &Moments<2>| {
         let variance = post.variance(0)? + theta.powi(2) * m.variance(X)?
             - 2.0 * theta * m.covariance(X, Y)?;
@@ -202,10 +203,12 @@ fn ratio_and_variance(m: &Moments<2>) -> Option<(f64, Option<f64>)> {
 }
 
 fn ratio_absolute(t: &Moments<2>, c: &Moments<2>) -> Option<Effect> {
-    let (ratio_t, var_t) = ratio_and_variance(t)?;
-    let (ratio_c, var_c) = ratio_and_variance(c)?;
+    const Y: usize = 0;
+    const D: usize = 1;
+    let (_, var_t) = ratio_and_variance(t)?;
+    let (_, var_c) = ratio_and_variance(c)?;
     let se = var_t.zip(var_c).map(|(a, b)| (a + b).sqrt());
-    effect(ratio_t - ratio_c, se)
+    effect(t.ratio_difference(c, Y, D)?, se)
 }
 
 /// Chi-square goodness of fit of the counts against an equal split.

@@ -2,7 +2,9 @@
 //!
 //! Everything starts from additive sufficient statistics ([`Moments`]): sums in,
 //! derived figures out, each formula in one place. Slices and increments combine by
-//! adding moments.
+//! adding moments. The sums are taken around a shift near the mean, so second moments
+//! keep their precision when the mean is far from zero (README, "Precision of the
+//! statistics").
 
 mod analysis;
 mod distribution;
