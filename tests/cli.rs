@@ -398,7 +398,13 @@ fn the_cluster_example_computes_what_the_local_example_does() {
         let value = serde_yaml::Value::deserialize(document).unwrap();
         match value["kind"].as_str() {
             Some("ConfigMap") => {
-                let config_map: ConfigMap = serde_yaml::from_value(value).unwrap();
+                // kustomize folds long base64 lines; the API server reads it unfolded.
+                let mut value: serde_json::Value = serde_json::to_value(&value).unwrap();
+                for data in value["binaryData"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                    let folded = data.as_str().unwrap_or_default();
+                    *data = serde_json::json!(folded.split_whitespace().collect::<String>());
+                }
+                let config_map: ConfigMap = serde_json::from_value(value).unwrap();
                 for (file, bytes) in config_map.binary_data.clone().unwrap_or_default() {
                     let original = std::fs::read(example().join("data").join(&file))
                         .unwrap_or_else(|e| panic!("{file} is no example data file: {e}"));

@@ -291,7 +291,7 @@ fn run(name: &str, data: &[Entity], shape: Shape) -> Value {
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     write_experiment(&dir, data, shape);
-    let output = cli::run(&[dir.join("manifests.yaml")], OutputFormat::Json)
+    let output = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Json)
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     std::fs::remove_dir_all(&dir).ok();
     let items: Vec<Value> = serde_json::from_str(&output).unwrap();
