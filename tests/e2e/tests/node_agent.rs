@@ -1,0 +1,418 @@
+//! The node agent of `tally_e2e::node_agent`: its pure parts (environment, volumes,
+//! users, statuses), the image `image/build.sh` builds and the agent's unpacking of it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use serde_json::{Value, json};
+use tally_e2e::node_agent::{
+    ImageConfig, Outcome, Resolved, ServiceEndpoint, VolumeContent, VolumeFile, Waiting, argv,
+    container_env, expand, run_as, running_status, terminated_status, unpack_image, volume_files,
+    waiting_status, write_volume,
+};
+
+fn pod(spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "worker-abc", "namespace": "team-a", "uid": "0000-1111",
+            "labels": {"job-name": "calc-1"},
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn container(c: Value) -> Container {
+    serde_json::from_value(c).unwrap()
+}
+
+fn env_of(list: &[(String, String)], name: &str) -> Option<String> {
+    list.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn service() -> ServiceEndpoint {
+    ServiceEndpoint::from_url("https://127.0.0.1:36443").unwrap()
+}
+
+fn resolved() -> Resolved {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "settings"},
+        "data": {"mode": "fast", "nested.conf": "a=1\n"},
+        "binaryData": {"blob.bin": "AAEC/w=="},
+    }))
+    .unwrap();
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("creds".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(b"s3cret".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Resolved {
+        config_maps: [("settings".to_string(), cm)].into(),
+        secrets: [("creds".to_string(), secret)].into(),
+        tokens: [(
+            "kube-api-access-x/token".to_string(),
+            "eyJ.token".to_string(),
+        )]
+        .into(),
+        root_ca: Some("-----BEGIN CERTIFICATE-----\nCA\n".into()),
+    }
+}
+
+#[test]
+fn expansion_follows_kubernetes() {
+    let env = vec![
+        ("A".to_string(), "x".to_string()),
+        ("B".to_string(), "$(A)y".to_string()),
+    ];
+    assert_eq!(expand("$(A)-$(B)", &env), "x-$(A)y");
+    assert_eq!(expand("$(MISSING)", &env), "$(MISSING)");
+    assert_eq!(expand("$$(A)", &env), "$(A)");
+    assert_eq!(expand("cost: $5 $(A", &env), "cost: $5 $(A");
+    assert_eq!(expand("$", &env), "$");
+    assert_eq!(expand("a$$b", &env), "a$b");
+}
+
+#[test]
+fn container_environment() {
+    let p = pod(json!({
+        "nodeName": "node-1",
+        "serviceAccountName": "tally-worker",
+        "containers": [],
+    }));
+    let c = container(json!({
+        "name": "worker",
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+        "env": [
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+            {"name": "JOB", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job-name']"}}},
+            {"name": "WHERE", "value": "$(NS)/$(POD) on $(KUBERNETES_SERVICE_HOST)"},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+            {"name": "NONE", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": true}}},
+            {"name": "CFG_mode", "value": "overridden"},
+        ],
+    }));
+    let env = container_env(&p, &c, "node-1", &service(), &resolved()).unwrap();
+    let get = |k: &str| env_of(&env, k);
+    assert_eq!(get("KUBERNETES_SERVICE_HOST").as_deref(), Some("127.0.0.1"));
+    assert_eq!(get("KUBERNETES_SERVICE_PORT").as_deref(), Some("36443"));
+    assert_eq!(get("NS").as_deref(), Some("team-a"));
+    assert_eq!(get("POD").as_deref(), Some("worker-abc"));
+    assert_eq!(get("UID").as_deref(), Some("0000-1111"));
+    assert_eq!(get("NODE").as_deref(), Some("node-1"));
+    assert_eq!(get("SA").as_deref(), Some("tally-worker"));
+    assert_eq!(get("JOB").as_deref(), Some("calc-1"));
+    assert_eq!(
+        get("WHERE").as_deref(),
+        Some("team-a/worker-abc on 127.0.0.1")
+    );
+    assert_eq!(get("MODE").as_deref(), Some("fast"));
+    assert_eq!(get("PASSWORD").as_deref(), Some("s3cret"));
+    assert_eq!(get("NONE"), None);
+    assert_eq!(get("CFG_mode").as_deref(), Some("overridden"));
+    assert_eq!(get("CFG_nested.conf").as_deref(), Some("a=1\n"));
+    assert_eq!(env.iter().filter(|(k, _)| k == "CFG_mode").count(), 1);
+
+    // What is missing and not optional keeps the container from being created.
+    let missing = container(json!({
+        "name": "worker",
+        "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope"}}}],
+    }));
+    let waiting = container_env(&p, &missing, "node-1", &service(), &resolved()).unwrap_err();
+    assert_eq!(waiting.reason, "CreateContainerConfigError");
+    assert!(waiting.message.contains("nope"), "{waiting:?}");
+    let absent = container(json!({
+        "name": "worker",
+        "envFrom": [{"secretRef": {"name": "absent"}}],
+    }));
+    let waiting = container_env(&p, &absent, "node-1", &service(), &resolved()).unwrap_err();
+    assert_eq!(waiting.message, "secret \"absent\" not found");
+}
+
+#[test]
+fn command_and_args_use_the_image_entrypoint() {
+    let image = ImageConfig {
+        entrypoint: vec!["/usr/local/bin/tally".into()],
+        cmd: vec!["--help".into()],
+        ..Default::default()
+    };
+    let env = vec![("PLAN".to_string(), "p.json".to_string())];
+    let only_args = container(json!({"name": "c", "args": ["worker", "--plan=$(PLAN)"]}));
+    assert_eq!(
+        argv(&only_args, &image, &env),
+        ["/usr/local/bin/tally", "worker", "--plan=p.json"]
+    );
+    let nothing = container(json!({"name": "c"}));
+    assert_eq!(
+        argv(&nothing, &image, &env),
+        ["/usr/local/bin/tally", "--help"]
+    );
+    let command = container(json!({"name": "c", "command": ["tally"], "args": ["--version"]}));
+    assert_eq!(argv(&command, &image, &env), ["tally", "--version"]);
+}
+
+#[test]
+fn users_and_groups() {
+    let passwd = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
+    let c = container(json!({"name": "c"}));
+    let restricted = pod(json!({
+        "containers": [],
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 2000},
+    }));
+    assert_eq!(
+        run_as(&restricted, &c, "", passwd).unwrap(),
+        (65532, 65532, vec![2000])
+    );
+    let grouped =
+        container(json!({"name": "c", "securityContext": {"runAsUser": 1000, "runAsGroup": 3000}}));
+    assert_eq!(
+        run_as(&restricted, &grouped, "", passwd).unwrap(),
+        (1000, 3000, vec![2000])
+    );
+    let plain = pod(json!({"containers": []}));
+    assert_eq!(
+        run_as(&plain, &c, "65532:65532", passwd).unwrap(),
+        (65532, 65532, vec![])
+    );
+    assert_eq!(
+        run_as(&plain, &c, "nonroot", passwd).unwrap(),
+        (65532, 65532, vec![])
+    );
+    assert_eq!(run_as(&plain, &c, "", passwd).unwrap(), (0, 0, vec![]));
+    let non_root = pod(json!({"containers": [], "securityContext": {"runAsNonRoot": true}}));
+    let waiting = run_as(&non_root, &c, "0", passwd).unwrap_err();
+    assert_eq!(waiting.reason, "CreateContainerConfigError");
+}
+
+fn files(content: VolumeContent) -> BTreeMap<String, (Vec<u8>, u32)> {
+    match content {
+        VolumeContent::Files(files) => files
+            .into_iter()
+            .map(|VolumeFile { path, data, mode }| (path, (data, mode)))
+            .collect(),
+        VolumeContent::EmptyDir => panic!("not files"),
+    }
+}
+
+#[test]
+fn volumes_materialise() {
+    let p = pod(json!({"containers": []}));
+    let volume = |v: Value| -> Volume { serde_json::from_value(v).unwrap() };
+    let r = resolved();
+
+    let empty = volume(json!({"name": "scratch", "emptyDir": {}}));
+    assert_eq!(
+        volume_files(&p, "n", &empty, &r).unwrap(),
+        VolumeContent::EmptyDir
+    );
+
+    let cm =
+        volume(json!({"name": "cfg", "configMap": {"name": "settings", "defaultMode": 0o440}}));
+    let f = files(volume_files(&p, "n", &cm, &r).unwrap());
+    assert_eq!(f["mode"], (b"fast".to_vec(), 0o440));
+    assert_eq!(f["blob.bin"], (vec![0, 1, 2, 255], 0o440));
+    assert_eq!(f.len(), 3);
+
+    let items = volume(json!({"name": "cfg", "configMap": {
+        "name": "settings", "items": [{"key": "mode", "path": "sub/mode.txt", "mode": 0o400}],
+    }}));
+    let f = files(volume_files(&p, "n", &items, &r).unwrap());
+    assert_eq!(f.keys().collect::<Vec<_>>(), ["sub/mode.txt"]);
+    assert_eq!(f["sub/mode.txt"].1, 0o400);
+
+    let secret = volume(json!({"name": "s", "secret": {"secretName": "creds"}}));
+    let f = files(volume_files(&p, "n", &secret, &r).unwrap());
+    assert_eq!(f["password"], (b"s3cret".to_vec(), 0o644));
+
+    let missing = volume(json!({"name": "s", "secret": {"secretName": "absent"}}));
+    assert!(volume_files(&p, "n", &missing, &r).is_err());
+    let optional =
+        volume(json!({"name": "s", "secret": {"secretName": "absent", "optional": true}}));
+    assert_eq!(
+        volume_files(&p, "n", &optional, &r).unwrap(),
+        VolumeContent::Files(vec![])
+    );
+    let escape = volume(json!({"name": "cfg", "configMap": {
+        "name": "settings", "items": [{"key": "mode", "path": "../x"}],
+    }}));
+    assert!(volume_files(&p, "n", &escape, &r).is_err());
+    let host = volume(json!({"name": "h", "hostPath": {"path": "/etc"}}));
+    assert!(volume_files(&p, "n", &host, &r).is_err());
+
+    // What the ServiceAccount admission plugin injects.
+    let projected = volume(json!({"name": "kube-api-access-x", "projected": {
+        "defaultMode": 420,
+        "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ],
+    }}));
+    let f = files(volume_files(&p, "n", &projected, &r).unwrap());
+    assert_eq!(f["token"], (b"eyJ.token".to_vec(), 0o644));
+    assert_eq!(f["ca.crt"].0, b"-----BEGIN CERTIFICATE-----\nCA\n");
+    assert_eq!(f["namespace"].0, b"team-a");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_volume(
+        &dir.path().join("cfg"),
+        &volume_files(&p, "n", &items, &r).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("cfg/sub/mode.txt")).unwrap(),
+        b"fast"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("cfg/sub/mode.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o400);
+}
+
+#[test]
+fn statuses() {
+    let p =
+        pod(json!({"containers": [{"name": "worker", "image": "ghcr.io/tally-dev/tally:0.1.0"}]}));
+    let waiting = waiting_status(
+        &p,
+        &Waiting {
+            reason: "CreateContainerConfigError".into(),
+            message: "secret \"creds\" not found".into(),
+        },
+    );
+    assert_eq!(waiting["phase"], "Pending");
+    assert_eq!(
+        waiting["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "CreateContainerConfigError"
+    );
+
+    let running = running_status(
+        &p,
+        "2026-01-01T00:00:00Z",
+        &[("worker".into(), "2026-01-01T00:00:01Z".into(), 0)],
+    );
+    assert_eq!(running["phase"], "Running");
+    assert_eq!(running["podIP"], "127.0.0.1");
+    assert_eq!(running["startTime"], "2026-01-01T00:00:00Z");
+    let cs = &running["containerStatuses"][0];
+    assert_eq!(cs["state"]["running"]["startedAt"], "2026-01-01T00:00:01Z");
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["image"], "ghcr.io/tally-dev/tally:0.1.0");
+    for t in ["Ready", "ContainersReady", "Initialized", "PodScheduled"] {
+        let c = running["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap();
+        assert_eq!(c["status"], "True", "{t}");
+    }
+    // The typed Pod status reads what the agent writes.
+    let _: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(running).unwrap();
+
+    let outcome = |code| Outcome {
+        name: "worker".into(),
+        image: "ghcr.io/tally-dev/tally:0.1.0".into(),
+        exit_code: code,
+        signal: None,
+        message: if code == 0 {
+            String::new()
+        } else {
+            "no warehouse".into()
+        },
+        started_at: "2026-01-01T00:00:01Z".into(),
+        finished_at: "2026-01-01T00:00:05Z".into(),
+        restart_count: 0,
+    };
+    let failed = terminated_status(&p, "2026-01-01T00:00:00Z", &[outcome(3)]);
+    assert_eq!(failed["phase"], "Failed");
+    let t = &failed["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 3);
+    assert_eq!(t["reason"], "Error");
+    assert_eq!(t["message"], "no warehouse");
+    assert_eq!(t["finishedAt"], "2026-01-01T00:00:05Z");
+    let succeeded = terminated_status(&p, "2026-01-01T00:00:00Z", &[outcome(0)]);
+    assert_eq!(succeeded["phase"], "Succeeded");
+    let t = &succeeded["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "Completed");
+    assert!(t.get("message").is_none());
+    let _: k8s_openapi::api::core::v1::PodStatus = serde_json::from_value(succeeded).unwrap();
+}
+
+#[test]
+fn service_endpoint_from_url() {
+    assert_eq!(service().host, "127.0.0.1");
+    assert_eq!(service().port, 36443);
+    assert!(ServiceEndpoint::from_url("https://127.0.0.1").is_err());
+}
+
+/// The image `image/build.sh` builds from the local `tally`, unpacked as the agent
+/// does: the binary, its libraries, certificates, the nonroot user, the config.
+#[test]
+fn image_builds_and_unpacks() {
+    if std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        tally_e2e::tool_unavailable("buildah is not installed (apt-get install buildah)");
+        return;
+    }
+    let started = Instant::now();
+    let layout = tally_e2e::node_agent::build_image(&tally_e2e::tally_bin()).unwrap();
+    eprintln!("image: {} in {:.1?}", layout.display(), started.elapsed());
+    let image = unpack_image(&layout).unwrap();
+    eprintln!(
+        "rootfs: {} (unpacked in {:?})",
+        image.root.display(),
+        image.unpack_time
+    );
+    assert_eq!(image.config.entrypoint, ["/usr/local/bin/tally"]);
+    assert_eq!(image.config.user, "65532:65532");
+    for file in [
+        "usr/local/bin/tally",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/passwd",
+        "etc/group",
+        "lib64/ld-linux-x86-64.so.2",
+    ] {
+        assert!(image.root.join(file).is_file(), "{file} is missing");
+    }
+    assert!(image.root.join("tmp").is_dir());
+    let passwd = std::fs::read_to_string(image.root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
+    // A second unpack reuses the first.
+    assert_eq!(unpack_image(&layout).unwrap().unpack_time, None);
+    // The binary runs from the image root alone (chroot, as the agent runs it).
+    let out = std::process::Command::new("chroot")
+        .arg("--userspec=65532:65532")
+        .arg(&image.root)
+        .args(["/usr/local/bin/tally", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
