@@ -5,8 +5,8 @@
 #
 #   ${TALLY_CLUSTER_CACHE:-$HOME/.cache/tally/control-plane}/<key>/bin
 #
-# where <key> is the first 16 hex digits of the sha256 of go.mod, go.sum and the
-# cmd/ sources. A key whose four binaries exist is not built again. The build goes to
+# where <key> is the first 16 hex digits of the sha256 of go.mod, go.sum, the cmd/
+# sources and this script (its build flags). A key whose four binaries exist is not built again. The build goes to
 # a temporary directory that is renamed into place once complete, so an interrupted
 # build never leaves a partial cache entry. Go's own module and build caches are the
 # defaults (GOMODCACHE, GOCACHE), so a changed key still reuses compiled packages.
@@ -22,7 +22,7 @@ binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 key="$(
     {
-        for f in go.mod go.sum $(find cmd -type f -name '*.go' | LC_ALL=C sort); do
+        for f in go.mod go.sum build.sh $(find cmd -type f -name '*.go' | LC_ALL=C sort); do
             printf '%s\0' "$f"
             cat "$f"
             printf '\0'
@@ -54,10 +54,24 @@ mkdir -p "$cache"
 tmp="$(mktemp -d "$cache/.build-$key.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
-echo "build.sh: building the control plane ($key) in $tmp" >&2
+# The version the binaries report (/version, --version), stamped as upstream's release
+# builds do: the k8s.io/kubernetes version go.mod requires.
+version="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' go.mod)"
+if [[ ! "$version" =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]]; then
+    echo "build.sh: no k8s.io/kubernetes release version in go.mod: '$version'" >&2
+    exit 1
+fi
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$version"
+    ldflags+=" -X $pkg.gitMajor=${BASH_REMATCH[1]} -X $pkg.gitMinor=${BASH_REMATCH[2]}"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+done
+
+echo "build.sh: building the control plane $version ($key) in $tmp" >&2
 start=$SECONDS
 # CGO off: static binaries, no C toolchain needed (upstream builds these the same way).
-CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags='-s -w' \
+CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags="$ldflags" \
     -o "$tmp/bin/" ./cmd/...
 complete "$tmp"
 echo "build.sh: built in $((SECONDS - start)) s" >&2
