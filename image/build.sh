@@ -39,7 +39,15 @@ if [ -f "$out/done" ]; then
     exit 0
 fi
 
+# One build at a time (concurrent callers share the storage and the output): the
+# later one finds the image made.
 mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+if [ -f "$out/done" ]; then
+    echo "$layout"
+    exit 0
+fi
 work=$(mktemp -d "$cache/.build-XXXXXX")
 storage=$cache/.storage
 ctr=

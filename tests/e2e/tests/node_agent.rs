@@ -1,16 +1,26 @@
 //! The node agent of `tally_e2e::node_agent`: its pure parts (environment, volumes,
-//! users, statuses), the image `image/build.sh` builds and the agent's unpacking of it.
+//! users, statuses), the image `image/build.sh` builds and the agent's unpacking of it,
+//! and Pods of that image run by the agent for the real control plane
+//! (`tally_e2e::control_plane`): a restricted Job, a failing Pod's exit code and
+//! termination message, a deleted Pod's SIGTERM and final delete.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Node, Pod, Secret, ServiceAccount, Volume,
+};
+use kube::Api;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
+use tally_e2e::control_plane::{self, ControlPlane};
 use tally_e2e::node_agent::{
-    ImageConfig, Outcome, Resolved, ServiceEndpoint, VolumeContent, VolumeFile, Waiting, argv,
-    container_env, expand, run_as, running_status, terminated_status, unpack_image, volume_files,
-    waiting_status, write_volume,
+    ImageConfig, NodeAgent, Outcome, Resolved, ServiceEndpoint, VolumeContent, VolumeFile, Waiting,
+    argv, build_image, container_env, expand, run_as, running_status, terminated_status,
+    unpack_image, volume_files, waiting_status, write_volume,
 };
 
 fn pod(spec: Value) -> Pod {
@@ -415,4 +425,411 @@ fn image_builds_and_unpacks() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+// ------------------------------------------------------------ on the real control plane
+
+/// A static program that writes a termination message and exits 3 (the image has
+/// only `tally`; this reaches the Pod through a ConfigMap's `binaryData`).
+const EXIT3_C: &str = r#"
+static long sys(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    static const char msg[] = "the warehouse is gone";
+    long fd = sys(2, (long)"/dev/termination-log", 1, 0);
+    if (fd >= 0) sys(1, fd, (long)msg, sizeof msg - 1);
+    sys(60, 3, 0, 0);
+    for (;;) {}
+}
+"#;
+
+/// `EXIT3_C` compiled (freestanding, static), or None without a C compiler.
+fn exit3_program(dir: &std::path::Path) -> Option<Vec<u8>> {
+    let source = dir.join("exit3.c");
+    let binary = dir.join("exit3");
+    std::fs::write(&source, EXIT3_C).unwrap();
+    let status = std::process::Command::new("cc")
+        .args([
+            "-static",
+            "-nostdlib",
+            "-Os",
+            "-fno-stack-protector",
+            "-fno-pie",
+            "-no-pie",
+            "-o",
+        ])
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .ok()?;
+    status.success().then(|| std::fs::read(&binary).unwrap())
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A restricted container of the image (what Pod Security `restricted` admits).
+fn restricted(name: &str, extra: Value) -> Value {
+    let mut c = json!({
+        "name": name,
+        "image": IMAGE,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    });
+    if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn restricted_pod_spec(containers: Vec<Value>, extra: Value) -> Value {
+    let mut spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": containers,
+    });
+    if let (Some(s), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    spec
+}
+
+const IMAGE: &str = "ghcr.io/tally-dev/tally:0.1.0";
+
+fn terminated(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .terminated
+        .clone()
+}
+
+#[tokio::test]
+async fn pods_run_on_the_node_agent() {
+    if std::process::Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        tally_e2e::tool_unavailable("buildah is not installed (apt-get install buildah)");
+        return;
+    }
+    let started = Instant::now();
+    let plane = match ControlPlane::start().await {
+        Ok(plane) => plane,
+        Err(e @ control_plane::Error::GoUnavailable(_)) => {
+            tally_e2e::tool_unavailable(&e.to_string());
+            return;
+        }
+        Err(e) => panic!("the control plane did not start: {e}"),
+    };
+    eprintln!("control plane ready in {:.1?}", started.elapsed());
+    let client = plane.client().await.unwrap();
+    let t = Instant::now();
+    let layout = build_image(&tally_e2e::tally_bin()).unwrap();
+    eprintln!("image {} in {:.1?}", layout.display(), t.elapsed());
+    let ca = std::fs::read_to_string(plane.ca_path()).unwrap();
+    let t = Instant::now();
+    let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
+        .await
+        .unwrap();
+    eprintln!(
+        "node agent started in {:.1?} (image unpacked in {:?})",
+        t.elapsed(),
+        agent.image().unpack_time
+    );
+
+    // The node is Ready and carries no taint that keeps Pods off.
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(
+        "node-1 Ready and untainted",
+        Duration::from_secs(60),
+        || async {
+            let node = nodes.get("node-1").await.ok()?;
+            let ready = node
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| !t.is_empty());
+            (ready && !tainted).then_some(())
+        },
+    )
+    .await;
+
+    // A namespace where Pod Security enforces `restricted`, with its ServiceAccount.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = "node-agent";
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    eventually(
+        "the default ServiceAccount",
+        Duration::from_secs(60),
+        || async { sas.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+
+    // 1. A Job of the image, restricted, runs `tally --version` to completion.
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "version"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": restricted_pod_spec(vec![restricted("tally", json!({"args": ["--version"]}))], json!({}))},
+        },
+    }))
+    .unwrap();
+    let t = Instant::now();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let job = eventually("Job version Complete", Duration::from_secs(60), || async {
+        let job = jobs.get("version").await.ok()?;
+        let conditions = job.status.as_ref()?.conditions.clone()?;
+        assert!(
+            !conditions
+                .iter()
+                .any(|c| c.type_ == "Failed" && c.status == "True"),
+            "Job version failed: {conditions:?}; agent errors: {:?}",
+            agent.errors()
+        );
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True")
+            .then_some(job)
+    })
+    .await;
+    eprintln!(
+        "Job version completed in {:.1?}: {:?}",
+        t.elapsed(),
+        job.status.and_then(|s| s.succeeded)
+    );
+    let version_pods = pods
+        .list(&ListParams::default().labels("job-name=version"))
+        .await
+        .unwrap();
+    let pod = &version_pods.items[0];
+    assert_eq!(
+        pod.status.as_ref().unwrap().phase.as_deref(),
+        Some("Succeeded")
+    );
+    assert_eq!(terminated(pod).unwrap().exit_code, 0);
+    let output = agent.logs(ns, &pod.name_any(), "tally").unwrap();
+    assert!(
+        output.contains("tally"),
+        "tally --version printed {output:?}"
+    );
+    eprintln!("tally --version in the Pod: {}", output.trim());
+
+    // 2. A Pod whose container writes a termination message and exits 3 ends Failed
+    //    with both (its program comes from a ConfigMap's binaryData, mode 0755).
+    let dir = tempfile::tempdir().unwrap();
+    match exit3_program(dir.path()) {
+        None => tally_e2e::tool_unavailable("no C compiler (cc) for the exit-3 program"),
+        Some(program) => {
+            let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("probe".into()),
+                    ..Default::default()
+                },
+                binary_data: Some(BTreeMap::from([("exit3".to_string(), ByteString(program))])),
+                ..Default::default()
+            };
+            cms.create(&PostParams::default(), &cm).await.unwrap();
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "exit3"},
+                "spec": restricted_pod_spec(
+                    vec![restricted("probe", json!({
+                        "command": ["/opt/probe/exit3"],
+                        "volumeMounts": [{"name": "probe", "mountPath": "/opt/probe"}],
+                    }))],
+                    json!({"volumes": [{"name": "probe", "configMap": {"name": "probe", "defaultMode": 0o755}}]}),
+                ),
+            }))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            let pod = eventually("Pod exit3 Failed", Duration::from_secs(60), || async {
+                let pod = pods.get("exit3").await.ok()?;
+                (pod.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(pod)
+            })
+            .await;
+            let t = terminated(&pod).unwrap();
+            assert_eq!(t.exit_code, 3);
+            assert_eq!(t.reason.as_deref(), Some("Error"));
+            assert_eq!(t.message.as_deref(), Some("the warehouse is gone"));
+            assert!(t.started_at.is_some() && t.finished_at.is_some());
+        }
+    }
+
+    // 3. The worker failing on a bad plan: its termination message reaches the status.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bad-plan"},
+        "spec": restricted_pod_spec(vec![restricted("worker", json!({
+            "args": ["worker"],
+            "env": [
+                {"name": "TALLY_PLAN", "value": "{not json"},
+                {"name": "TALLY_JOB_NAME", "value": "bad-plan"},
+                {"name": "TALLY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            ],
+        }))], json!({})),
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let pod = eventually("Pod bad-plan Failed", Duration::from_secs(60), || async {
+        let pod = pods.get("bad-plan").await.ok()?;
+        (pod.status.as_ref()?.phase.as_deref() == Some("Failed")).then_some(pod)
+    })
+    .await;
+    let t = terminated(&pod).unwrap();
+    assert_ne!(t.exit_code, 0);
+    assert_eq!(t.reason.as_deref(), Some("Error"));
+    assert!(
+        t.message
+            .as_deref()
+            .is_some_and(|m| m.contains("TALLY_PLAN")),
+        "{t:?}"
+    );
+
+    // 4. Deleting a running worker (a slow query) sends SIGTERM: the Pod is gone well
+    //    before its 60 s grace period would end in SIGKILL.
+    let plans = tally_e2e::tally_json(&["plan", "-f", tally_e2e::example().to_str().unwrap()]);
+    let mut plan = plans.as_array().unwrap()[0].clone();
+    plan["sql"] =
+        json!("SELECT count(*) AS n FROM range(1000000000000) AS a(i) WHERE hash(i) % 7 = 3");
+    // The worker checks its sources exist: the example data reaches the Pod as a
+    // ConfigMap at /tally-data (the image root has nothing of the host's).
+    let data_dir = tally_e2e::example().join("data");
+    let plan = plan
+        .to_string()
+        .replace(data_dir.to_str().unwrap(), "/tally-data");
+    let mut data = BTreeMap::new();
+    for file in std::fs::read_dir(&data_dir).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if plan.contains(&name) {
+            data.insert(name, ByteString(std::fs::read(&path).unwrap()));
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("example-data".into()),
+            ..Default::default()
+        },
+        binary_data: Some(data),
+        ..Default::default()
+    };
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "slow"},
+        "spec": restricted_pod_spec(vec![restricted("worker", json!({
+            "args": ["worker"],
+            "env": [
+                {"name": "TALLY_PLAN", "value": plan},
+                {"name": "TALLY_JOB_NAME", "value": "slow"},
+                {"name": "TALLY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            ],
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "data", "mountPath": "/tally-data", "readOnly": true},
+            ],
+        }))], json!({"terminationGracePeriodSeconds": 60, "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "data", "configMap": {"name": "example-data"}},
+        ]})),
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = eventually("Pod slow Running", Duration::from_secs(60), || async {
+        let pod = pods.get("slow").await.ok()?;
+        let phase = pod.status.as_ref()?.phase.clone();
+        assert_ne!(
+            phase.as_deref(),
+            Some("Failed"),
+            "slow failed: {:?}; log: {:?}",
+            pod.status,
+            agent.logs(ns, "slow", "worker")
+        );
+        (phase.as_deref() == Some("Running")).then_some(pod)
+    })
+    .await;
+    let status = running.status.unwrap();
+    assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
+    assert!(status.start_time.is_some());
+    let ready = status.conditions.unwrap_or_default();
+    for t in ["Ready", "ContainersReady", "Initialized", "PodScheduled"] {
+        assert!(
+            ready.iter().any(|c| c.type_ == t && c.status == "True"),
+            "{t}: {ready:?}"
+        );
+    }
+    // Let the query start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    pods.delete("slow", &DeleteParams::default()).await.unwrap();
+    eventually("Pod slow gone", Duration::from_secs(30), || async {
+        pods.get_opt("slow").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eprintln!("Pod slow gone {:.1?} after its delete", t.elapsed());
+    let log = agent.logs(ns, "slow", "worker").unwrap_or_default();
+    eprintln!("the worker's log:\n{log}");
+
+    assert!(
+        agent.errors().is_empty(),
+        "agent errors: {:?}",
+        agent.errors()
+    );
+    agent.shutdown().await;
+    assert!(nodes.get_opt("node-1").await.unwrap().is_none());
+    plane.shutdown();
 }
