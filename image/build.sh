@@ -92,4 +92,13 @@ b push --quiet --format oci "$tag" "oci-archive:$out/tally.oci.tar:$tag" >&2
 # The build's local copy is not needed again (the layout is the cache).
 b rmi "$tag" >/dev/null 2>&1 || true
 echo "$tag" > "$out/done"
+# Keep the newest few images (each holds a copy of the binary, twice, and the node
+# agent's unpacked root beside it); older binaries' images go.
+# (Under the lock, a directory without `done` is what a failed build left.)
+ls -1dt "$cache"/*/ 2>/dev/null | tail -n +5 | while read -r old; do
+    rm -rf "$old"
+done
+for old in "$cache"/*/; do
+    [ -f "$old/done" ] || rm -rf "$old"
+done
 echo "$layout"
