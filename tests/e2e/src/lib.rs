@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 pub mod cluster;
+pub mod control_plane;
+pub mod node_agent;
 pub use cluster::{TestCluster, patience, real_cluster_kubeconfig};
 
 use kube::Client;
