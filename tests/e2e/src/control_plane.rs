@@ -111,6 +111,10 @@ struct Process {
 impl ControlPlane {
     /// Builds (or finds cached) binaries and starts the control plane. Returns
     /// [`Error::GoUnavailable`] when that is impossible because Go is missing.
+    ///
+    /// The processes are killed when the thread that started them ends, so call this
+    /// from a thread that outlives the [`ControlPlane`] (a test's own thread or a
+    /// runtime worker; not `spawn_blocking`).
     pub async fn start() -> Result<ControlPlane> {
         let bin_dir = build().await?;
         let dir = tempfile::Builder::new()
@@ -650,13 +654,32 @@ fn health_client(port: u16) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Five distinct free loopback ports. They are free when this returns; a process
-/// that takes one before ours do makes that start fail (and say so in its log).
+/// Five distinct free loopback ports, free when this returns. They are drawn below
+/// Linux's default ephemeral range (32768-60999): the kernel picks the local ports of
+/// outgoing connections (the API server opens hundreds to etcd) from that range, and
+/// one could otherwise take a port reserved for a process not yet started.
 fn free_ports() -> Result<[u16; 5]> {
-    let listeners = (0..5)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(io_error("reserving loopback ports"))?;
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new();
+    let mut listeners = Vec::new();
+    for attempt in 0..1000u64 {
+        if listeners.len() == 5 {
+            break;
+        }
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(attempt);
+        let port = 10_000 + (hasher.finish() % 22_000) as u16;
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            listeners.push(listener);
+        }
+    }
+    // Whatever the kernel gives, should that range be taken.
+    while listeners.len() < 5 {
+        listeners.push(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(io_error("reserving loopback ports"))?,
+        );
+    }
     let mut ports = [0; 5];
     for (port, listener) in ports.iter_mut().zip(&listeners) {
         *port = listener

@@ -78,12 +78,13 @@ async fn control_plane_runs_controllers_rbac_and_pod_security() {
     );
     let client = plane.client().await.expect("an admin client");
 
-    // The admin user is who the client certificate says, in system:masters.
+    // The API server reports the release go.mod pins (build.sh stamps it).
     let version = client
         .apiserver_version()
         .await
         .expect("the server's version");
     assert_eq!(version.git_version, "v1.37.2");
+    // The admin user is who the client certificate says, in system:masters.
     let review: serde_json::Value = client
         .request(
             http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
