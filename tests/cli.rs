@@ -400,7 +400,11 @@ fn the_cluster_example_computes_what_the_local_example_does() {
             Some("ConfigMap") => {
                 // kustomize folds long base64 lines; the API server reads it unfolded.
                 let mut value: serde_json::Value = serde_json::to_value(&value).unwrap();
-                for data in value["binaryData"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                for data in value["binaryData"]
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|m| m.values_mut())
+                {
                     let folded = data.as_str().unwrap_or_default();
                     *data = serde_json::json!(folded.split_whitespace().collect::<String>());
                 }

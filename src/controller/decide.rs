@@ -50,8 +50,15 @@ pub struct Observed {
     pub missing_service_account: Option<MissingServiceAccount>,
     /// Why the controller's Job policy refuses the Warehouse's Job settings.
     pub job_refused: Option<String>,
+    /// When the calculation was created.
+    pub created: Option<Timestamp>,
     pub now: Timestamp,
 }
+
+/// How long a new calculation waits for what it refers to before a missing reference
+/// is a Warning: `kubectl apply -f` of a directory creates the calculation and its
+/// Metric in any order, and one that appears a moment later is no problem.
+pub const REFERENCE_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MissingServiceAccount {
@@ -360,14 +367,24 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     let plan = match &o.plan {
         Ok(plan) => plan,
         Err(error @ PlanError::MissingReference { .. }) => {
-            let status = transition(
-                o,
-                CalculationState::Pending,
-                error.reason(),
-                &error.to_string(),
-            );
+            let young = o
+                .created
+                .is_some_and(|created| o.now < created + REFERENCE_GRACE);
+            let message = if young {
+                format!(
+                    "{error} (waiting up to {}s for it to be applied)",
+                    REFERENCE_GRACE.as_secs()
+                )
+            } else {
+                error.to_string()
+            };
+            let status = transition(o, CalculationState::Pending, error.reason(), &message);
             if status != o.status {
-                actions.extend([set(status), warning("MissingReference", error.to_string())]);
+                actions.push(set(status));
+                // Said as a Warning once the grace has passed (the message changes then).
+                if !young {
+                    actions.push(warning("MissingReference", error.to_string()));
+                }
             }
             return actions;
         }
@@ -485,6 +502,7 @@ mod tests {
             origin: None,
             missing_service_account: None,
             job_refused: None,
+            created: None,
             now: "2026-11-23T00:00:00Z".parse().unwrap(),
         }
     }
@@ -889,6 +907,46 @@ mod tests {
         assert!(decide(&again).is_empty());
         again.missing_service_account = None;
         assert_eq!(summary(&decide(&again)), (Some(Running), true, false));
+    }
+
+    #[test]
+    fn a_reference_missing_for_a_moment_after_creation_is_no_warning() {
+        let mut o = observed(None, None, JobState::Missing);
+        o.plan = Err(PlanError::MissingReference {
+            referrer: "MetricCalculation/calc".into(),
+            field: "spec.metric".into(),
+            kind: "Metric",
+            name: "m".into(),
+        });
+        o.created = Some(o.now - jiff::SignedDuration::from_secs(2));
+        let warnings = |actions: &[Action]| {
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Event { warning: true, .. }))
+                .count()
+        };
+        let actions = decide(&o);
+        assert_eq!(summary(&actions), (Some(Pending), false, false));
+        assert_eq!(warnings(&actions), 0, "{actions:?}");
+        let ready = status_of(&actions)
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(ready.reason, "MissingReference");
+        // Still missing after the grace: one Warning, then quiet.
+        let mut later = o.clone();
+        later.status = status_of(&actions).clone();
+        later.now = o.now + REFERENCE_GRACE;
+        let actions = decide(&later);
+        assert_eq!(warnings(&actions), 1, "{actions:?}");
+        later.status = status_of(&actions).clone();
+        assert!(decide(&later).is_empty());
+        // An old calculation whose reference goes missing is warned about at once.
+        let mut old = o.clone();
+        old.created = Some(o.now - jiff::SignedDuration::from_secs(3600));
+        assert_eq!(warnings(&decide(&old)), 1);
     }
 
     #[test]

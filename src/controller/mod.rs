@@ -466,6 +466,11 @@ async fn reconcile(
         origin: schedule_origin(&calculation),
         missing_service_account: None,
         job_refused,
+        created: calculation
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0),
         now,
     };
     let mut actions = decide(&observed);
@@ -944,8 +949,11 @@ mod tests {
         // A cluster's Warehouse declares where its data is; `tally run` infers it.
         let data = std::mem::take(&mut catalog.local_data_directories);
         for warehouse in catalog.warehouses.values_mut() {
-            warehouse.spec.duckdb.get_or_insert_with(Default::default).data_directories =
-                data.clone();
+            warehouse
+                .spec
+                .duckdb
+                .get_or_insert_with(Default::default)
+                .data_directories = data.clone();
         }
         (catalog, calculation)
     }
