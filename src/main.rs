@@ -80,7 +80,7 @@ enum Command {
         #[command(flatten)]
         election: ElectionArgs,
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: Box<PolicyArgs>,
         /// Serve /healthz, /readyz and /metrics (Prometheus) on this address: HOST:PORT,
         /// or :PORT for every interface.
         #[arg(long, env = "TALLY_HTTP_ADDRESS")]
@@ -290,7 +290,7 @@ fn controller(
     concurrency: u16,
     format: LogFormat,
     election: ElectionArgs,
-    policy: PolicyArgs,
+    policy: Box<PolicyArgs>,
     http_address: Option<tally::controller::telemetry::ListenAddress>,
 ) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -203,13 +203,9 @@ async fn fetch_reference(
     name: &str,
     catalog: &mut Catalog,
 ) -> Result<bool, kube::Error> {
-    async fn get<K: Watched>(
-        client: &Client,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<K>, kube::Error>
+    async fn get<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Watched + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     {
         Api::<K>::namespaced(client.clone(), namespace)
             .get_opt(name)

