@@ -140,6 +140,8 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
+            // Bounded so that the API server can bound the cost of the CEL rule.
+            "maxLength": 64,
             "description": "A duration such as 90m, 2h, 14d or 1h30m (units ms, s, m, h, d, w).",
             "x-kubernetes-validations": [{
                 "rule": format!("self.matches('{DURATION_PATTERN}')"),
@@ -201,6 +203,8 @@ impl JsonSchema for PositiveDuration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
+            // Bounded so that the API server can bound the cost of the CEL rule.
+            "maxLength": 64,
             "description": "A duration greater than zero such as 90m, 2h, 14d or 1h30m (units ms, s, m, h, d, w).",
             "x-kubernetes-validations": [{
                 "rule": format!("self.matches('{DURATION_PATTERN}') && self.matches('[1-9]')"),

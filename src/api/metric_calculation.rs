@@ -59,6 +59,7 @@ pub struct CalculationTemplate {
     pub split_dimensions: Vec<SplitDimension>,
     /// Only these variants; default all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
     pub exposure_groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSettings>,
@@ -79,6 +80,7 @@ pub struct SplitDimension {
 pub struct AnalysisSettings {
     /// The control variant; default `control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub control: Option<String>,
 }
 

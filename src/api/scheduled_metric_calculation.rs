@@ -47,7 +47,7 @@ pub struct ScheduledMetricCalculationSpec {
     pub schedule_end_time: Option<Time>,
     /// Time between runs: run k fires at start + interval[0] + … + interval[k]; the
     /// last interval repeats.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 100))]
     pub schedule_intervals: Vec<PositiveDuration>,
     /// Completed or cancelled runs to keep (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
