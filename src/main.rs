@@ -75,6 +75,10 @@ enum Command {
         /// queue. Bounds the controller's memory during a burst.
         #[arg(long, env = "TALLY_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
         concurrency: u16,
+        /// The shortest interval a schedule may ask for between runs (e.g. 1m, 30s):
+        /// a shorter one is the schedule's error, not a flood of Jobs.
+        #[arg(long, env = "TALLY_MIN_SCHEDULE_INTERVAL", default_value = "1m")]
+        min_schedule_interval: tally::api::PositiveDuration,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
         #[command(flatten)]
@@ -194,6 +198,7 @@ fn main() -> ExitCode {
             worker_image,
             worker_service_account,
             concurrency,
+            min_schedule_interval,
             log_format,
             election,
             policy,
@@ -202,7 +207,10 @@ fn main() -> ExitCode {
             return controller(
                 worker_image,
                 worker_service_account,
-                concurrency,
+                tally::controller::Limits {
+                    concurrency,
+                    min_schedule_interval: min_schedule_interval.as_signed(),
+                },
                 log_format,
                 election,
                 policy,
@@ -287,7 +295,7 @@ fn worker() -> ExitCode {
 fn controller(
     image: Option<String>,
     service_account: Option<String>,
-    concurrency: u16,
+    limits: tally::controller::Limits,
     format: LogFormat,
     election: ElectionArgs,
     policy: Box<PolicyArgs>,
@@ -344,21 +352,15 @@ fn controller(
                 ),
                 lease_duration: Duration::from_secs(election.leader_election_lease_duration),
             };
-            if let Err(error) = tally::controller::run_elected(
-                client,
-                defaults,
-                concurrency,
-                election,
-                stop,
-                metrics,
-            )
-            .await
+            if let Err(error) =
+                tally::controller::run_elected(client, defaults, limits, election, stop, metrics)
+                    .await
             {
                 tracing::error!(%error, "tally controller stopped");
                 return ExitCode::FAILURE;
             }
         } else {
-            tally::controller::run(client, defaults, concurrency, stop, metrics).await;
+            tally::controller::run(client, defaults, limits, stop, metrics).await;
         }
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS

@@ -244,6 +244,24 @@ mod tests {
     use crate::api::{Analysis, MetricResults};
     use crate::plan::PlanTimes;
 
+    /// A result of these buckets, at the epoch.
+    fn result_with(metric_bucket_stats: Vec<crate::api::MetricBucketStats>) -> CalculationResult {
+        let t = jiff::Timestamp::UNIX_EPOCH;
+        CalculationResult {
+            times: PlanTimes {
+                exposure_start: t,
+                exposure_end: t,
+                fact_start: t,
+                fact_end: t,
+            }
+            .to_status(),
+            metric_results: MetricResults {
+                metric_bucket_stats,
+            },
+            analysis: Analysis::default(),
+        }
+    }
+
     #[test]
     fn the_result_config_map_is_owned_by_the_job_and_its_calculation() {
         let job = Job {
@@ -267,18 +285,7 @@ mod tests {
             },
             ..Job::default()
         };
-        let t = jiff::Timestamp::UNIX_EPOCH;
-        let result = CalculationResult {
-            times: PlanTimes {
-                exposure_start: t,
-                exposure_end: t,
-                fact_start: t,
-                fact_end: t,
-            }
-            .to_status(),
-            metric_results: MetricResults::default(),
-            analysis: Analysis::default(),
-        };
+        let result = result_with(Vec::new());
         let cm = result_config_map(&job, &result).unwrap();
         assert_eq!(cm.metadata.name.as_deref(), Some("calc-1-result"));
         assert_eq!(cm.metadata.namespace.as_deref(), Some("ns"));
@@ -310,7 +317,6 @@ mod tests {
     #[test]
     fn a_result_too_large_to_store_names_the_dimension_with_the_most_values() {
         use crate::api::{DimensionValue, MetricBucketStats, SummaryStats};
-        let t = jiff::Timestamp::UNIX_EPOCH;
         let bucket = |country: usize| MetricBucketStats {
             variant: "control".into(),
             dimensions: vec![
@@ -325,19 +331,7 @@ mod tests {
             ],
             summary_stats: SummaryStats::default(),
         };
-        let result = |buckets: usize| CalculationResult {
-            times: PlanTimes {
-                exposure_start: t,
-                exposure_end: t,
-                fact_start: t,
-                fact_end: t,
-            }
-            .to_status(),
-            metric_results: MetricResults {
-                metric_bucket_stats: (0..buckets).map(bucket).collect(),
-            },
-            analysis: Analysis::default(),
-        };
+        let result = |buckets: usize| result_with((0..buckets).map(bucket).collect());
         let small = result(100);
         let json = serde_json::to_string(&small).unwrap();
         assert!(check_result_size(&small, &json).is_ok());

@@ -70,6 +70,8 @@ pub struct Context {
     pub client: Client,
     pub events: EventPublisher,
     pub defaults: JobDefaults,
+    /// The shortest interval a schedule may ask for between runs.
+    pub min_schedule_interval: jiff::SignedDuration,
     references: References,
     backoff: Backoff,
     metrics: Arc<telemetry::Metrics>,
@@ -785,7 +787,7 @@ async fn drive<K, F>(
 pub async fn run_elected(
     client: Client,
     defaults: JobDefaults,
-    concurrency: u16,
+    limits: Limits,
     election: leader::Election,
     stop: Stop,
     metrics: Arc<telemetry::Metrics>,
@@ -811,7 +813,7 @@ pub async fn run_elected(
         // renew deadline stops before reconciling anything more.
         biased;
         lost = elector.keep() => Err(lost),
-        () = run(client, defaults, concurrency, stop, metrics.clone()) => Ok(()),
+        () = run(client, defaults, limits, stop, metrics.clone()) => Ok(()),
     };
     metrics.set_leader(false);
     if outcome.is_ok() {
@@ -821,10 +823,19 @@ pub async fn run_elected(
 }
 
 /// Runs the calculation and schedule controllers until `stop`.
+/// What the controller allows itself and its users at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Objects of each kind reconciled at once.
+    pub concurrency: u16,
+    /// The shortest interval a schedule may ask for between runs.
+    pub min_schedule_interval: jiff::SignedDuration,
+}
+
 pub async fn run(
     client: Client,
     defaults: JobDefaults,
-    concurrency: u16,
+    limits: Limits,
     stop: Stop,
     metrics: Arc<telemetry::Metrics>,
 ) {
@@ -853,6 +864,7 @@ pub async fn run(
             std::env::var("POD_NAME").ok(),
         ),
         defaults,
+        min_schedule_interval: limits.min_schedule_interval,
         references,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(300)),
         metrics,
@@ -861,7 +873,7 @@ pub async fn run(
         controller_of::<MetricCalculation, Job>(
             &client,
             CALCULATION_LABEL,
-            concurrency,
+            limits.concurrency,
             calculation_settled,
         ),
         reconcile,
@@ -872,7 +884,7 @@ pub async fn run(
         controller_of::<ScheduledMetricCalculation, MetricCalculation>(
             &client,
             SCHEDULE_LABEL,
-            concurrency,
+            limits.concurrency,
             schedule_settled,
         ),
         schedule::reconcile,

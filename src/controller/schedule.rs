@@ -161,6 +161,19 @@ fn tolerate<T>(result: Result<T, kube::Error>, code: u16) -> Result<(), kube::Er
     }
 }
 
+/// Why an interval is below the controller's minimum, if one is: a schedule of
+/// milliseconds would make Jobs as fast as the controller can create them.
+fn too_short(intervals: &[SignedDuration], minimum: SignedDuration) -> Option<String> {
+    let (index, interval) = intervals
+        .iter()
+        .enumerate()
+        .find(|(_, interval)| **interval < minimum)?;
+    Some(format!(
+        "spec.scheduleIntervals[{index}]: {interval:#} is shorter than the {minimum:#} this \
+         controller allows between runs (--min-schedule-interval)"
+    ))
+}
+
 pub async fn reconcile(
     schedule: Arc<ScheduledMetricCalculation>,
     ctx: Arc<Context>,
@@ -178,12 +191,19 @@ pub async fn reconcile(
         .iter()
         .map(|i| i.as_signed())
         .collect();
-    let grid = RunGrid::new(
-        spec.schedule_start_time.0,
-        &intervals,
-        spec.schedule_end_time.as_ref().map(|t| t.0),
-    )
-    .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
+    let grid = too_short(&intervals, ctx.min_schedule_interval)
+        .map_or_else(
+            || {
+                RunGrid::new(
+                    spec.schedule_start_time.0,
+                    &intervals,
+                    spec.schedule_end_time.as_ref().map(|t| t.0),
+                )
+                .map_err(|e| e.to_string())
+            },
+            Err,
+        )
+        .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
     let catalog = ctx
         .references
         .catalog_for(&ctx.client, &namespace, &probe(&schedule, &grid))
@@ -327,6 +347,26 @@ pub async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_below_the_controllers_minimum_are_named() {
+        let minute = SignedDuration::from_secs(60);
+        assert_eq!(too_short(&[SignedDuration::from_hours(24)], minute), None);
+        assert_eq!(too_short(&[minute], minute), None);
+        let message = too_short(
+            &[
+                SignedDuration::from_hours(1),
+                SignedDuration::from_millis(1),
+            ],
+            minute,
+        )
+        .unwrap();
+        assert!(
+            message.starts_with("spec.scheduleIntervals[1]: "),
+            "{message}"
+        );
+        assert!(message.contains("--min-schedule-interval"), "{message}");
+    }
 
     fn schedule() -> ScheduledMetricCalculation {
         let mut schedule: ScheduledMetricCalculation = serde_json::from_value(json!({

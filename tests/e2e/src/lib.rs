@@ -188,7 +188,11 @@ pub struct ControllerProcess(std::process::Child);
 
 impl ControllerProcess {
     pub fn start(emulator: &kube_emulator::Emulator) -> Self {
-        Self::start_with(emulator.kubeconfig_path(), &["--worker-image", IMAGE])
+        // The schedule tests fire every few seconds.
+        Self::start_with(
+            emulator.kubeconfig_path(),
+            &["--worker-image", IMAGE, "--min-schedule-interval", "1s"],
+        )
     }
 
     /// `tally controller ARGS` against the cluster of `kubeconfig`.
@@ -408,4 +412,24 @@ pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .unwrap_or(&Value::Null)
+}
+
+/// Polls `check` every 250 ms until it gives a value; panics naming `what` once
+/// `timeout` has passed.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
@@ -15,7 +15,9 @@ use kube::api::ListParams;
 use serde_json::Value;
 use tally_e2e::control_plane::{self, ControlPlane};
 use tally_e2e::node_agent::{NodeAgent, build_image};
-use tally_e2e::{ControllerProcess, assert_close, chart_dir, printed_status, tally_bin};
+use tally_e2e::{
+    ControllerProcess, assert_close, chart_dir, eventually, printed_status, tally_bin,
+};
 
 /// The namespace the example's kustomization names: the chart's default worker
 /// namespace (its release namespace).
@@ -88,21 +90,6 @@ roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tally-worker}}
 subjects: [{{kind: ServiceAccount, name: tally-worker, namespace: {NAMESPACE}}}]
 "#
     )
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@
 //! Skipped (passing, with a `SKIPPED` note) when Go is not installed and no built
 //! control plane is cached, unless `TALLY_REQUIRE_TOOLS` is set.
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{
@@ -20,24 +19,9 @@ use kube::{
 };
 use serde_json::json;
 use tally_e2e::control_plane::{ADMIN_USER, ControlPlane, Error};
+use tally_e2e::eventually;
 
 const NAMESPACE: &str = "restricted";
-
-/// Polls `check` every 250 ms until it gives a value, for at most `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// A Pod spec the `restricted` Pod Security level admits.
 fn restricted_pod_spec() -> serde_json::Value {

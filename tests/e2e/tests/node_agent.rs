@@ -18,6 +18,7 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use tally_e2e::control_plane::{self, ControlPlane};
+use tally_e2e::eventually;
 use tally_e2e::node_agent::{
     ImageConfig, NodeAgent, Outcome, Resolved, ServiceEndpoint, VolumeContent, VolumeFile, Waiting,
     argv, build_image, container_env, expand, run_as, running_status, terminated_status,
@@ -467,21 +468,6 @@ fn exit3_program(dir: &std::path::Path) -> Option<Vec<u8>> {
         .status()
         .ok()?;
     status.success().then(|| std::fs::read(&binary).unwrap())
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// A restricted container of the image (what Pod Security `restricted` admits).
