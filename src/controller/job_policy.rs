@@ -117,8 +117,8 @@ fn volume_type(volume: &Volume) -> &'static str {
         .map_or("emptyDir", |(name, _)| name)
 }
 
-/// Whether the volume carries Secret data (a `secret` volume, or a `projected` one
-/// with a Secret source).
+/// Whether the volume carries credentials: Secret data (a `secret` volume, or a
+/// `projected` one with a Secret source) or a ServiceAccount token.
 fn holds_secrets(volume: &Volume) -> bool {
     volume.secret.is_some()
         || volume.projected.as_ref().is_some_and(|projected| {
@@ -126,7 +126,7 @@ fn holds_secrets(volume: &Volume) -> bool {
                 .sources
                 .iter()
                 .flatten()
-                .any(|source| source.secret.is_some())
+                .any(|source| source.secret.is_some() || source.service_account_token.is_some())
         })
 }
 
@@ -345,6 +345,14 @@ mod tests {
                 serde_json::json!({
                     "volumes": [{"name": "p", "projected": {"sources": [{"secret": {"name": "s"}}]}}],
                     "volumeMounts": [{"name": "p", "mountPath": "/"}],
+                }),
+                "volumeMounts[0]",
+            ),
+            (
+                serde_json::json!({
+                    "volumes": [{"name": "t", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token", "audience": "vault"}}]}}],
+                    "volumeMounts": [{"name": "t", "mountPath": "/data/token"}],
                 }),
                 "volumeMounts[0]",
             ),
