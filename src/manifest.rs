@@ -12,7 +12,7 @@ use crate::api::{
     API_VERSION, DimensionTable, ExposureTable, FactTable, GROUP, Metric, MetricCalculation,
     ScheduledMetricCalculation, TableSource, Warehouse,
 };
-use crate::plan::Catalog;
+use crate::plan::{Catalog, data_access};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -128,22 +128,6 @@ fn lexically_normal(path: &Path) -> PathBuf {
     normal
 }
 
-/// The directory every file of `files` (a path or a glob) lies in.
-fn data_directory_of(files: &str) -> String {
-    let fixed = match files.find(['*', '?', '[', '{']) {
-        Some(glob) => &files[..glob],
-        None => files,
-    };
-    match fixed.rfind('/') {
-        Some(0) | None => "/".to_string(),
-        Some(slash) => fixed[..slash].to_string(),
-    }
-}
-
-fn is_glob(path: &str) -> bool {
-    path.contains(['*', '?', '['])
-}
-
 impl Manifests {
     pub fn add_text(&mut self, file: &Path, text: &str) -> Result<(), ManifestError> {
         let path = file.display().to_string();
@@ -249,7 +233,7 @@ impl Manifests {
         let check_files = |source: &mut TableSource| -> Result<(), ManifestError> {
             if let Some(files) = &source.files {
                 let resolved = relative_to(file, files);
-                if !is_glob(&resolved) && !Path::new(&resolved).exists() {
+                if !data_access::is_glob(&resolved) && !Path::new(&resolved).exists() {
                     return Err(invalid(
                         "spec.source.files",
                         format!("no such file: {resolved}"),
@@ -272,7 +256,7 @@ impl Manifests {
             })
             .flatten()
         {
-            let directory = data_directory_of(&relative_to(file, &files));
+            let directory = data_access::files_directory(&relative_to(file, &files)).to_string();
             if !catalog.local_data_directories.contains(&directory) {
                 catalog.local_data_directories.push(directory);
             }

@@ -15,8 +15,8 @@ const FORBIDDEN: [&str; 6] = [
     "/etc",
 ];
 
-/// Glob characters DuckDB expands in a `files` source.
-const GLOB: [char; 4] = ['*', '?', '[', '{'];
+/// Glob characters DuckDB expands in a `files` source (`**` is two `*`).
+const GLOB: [char; 3] = ['*', '?', '['];
 
 /// The path's components, if it is absolute and has no `..` (which would let
 /// `/data/../etc` pass a prefix check) or `.`.
@@ -55,26 +55,36 @@ pub fn check_data_directory(directory: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `files` is a glob rather than one file's path.
+pub fn is_glob(files: &str) -> bool {
+    files.contains(GLOB)
+}
+
+/// The directory every file that `files` (a path or a glob) can match lies in: what
+/// comes before the last `/` ahead of the first glob character (`/data/*/x.csv` and
+/// `/data/x.csv` lie in `/data`). Empty for a relative path without a directory.
+pub fn files_directory(files: &str) -> &str {
+    let fixed = files.find(GLOB).map_or(files, |glob| &files[..glob]);
+    match fixed.rfind('/') {
+        Some(0) => "/",
+        Some(slash) => &fixed[..slash],
+        None => "",
+    }
+}
+
 /// Whether every file `files` (a path or a glob) can match lies under one of
-/// `directories`: a glob's directory before its first glob character decides.
+/// `directories`.
 pub fn within(files: &str, directories: &[String]) -> bool {
     if files.split('/').any(|part| part == "." || part == "..") {
         return false;
     }
-    let (path, strictly_inside) = match files.find(GLOB) {
-        Some(glob) => match files[..glob].rfind('/') {
-            Some(slash) => (&files[..=slash], false),
-            None => return false,
-        },
-        None => (files, true),
-    };
-    let Some(path) = plain_absolute(path) else {
+    let Some(path) = plain_absolute(files_directory(files)) else {
         return false;
     };
     directories
         .iter()
         .filter_map(|directory| plain_absolute(directory))
-        .any(|root| path.starts_with(&root) && (!strictly_inside || path.len() > root.len()))
+        .any(|root| path.starts_with(&root))
 }
 
 #[cfg(test)]
@@ -106,6 +116,17 @@ mod tests {
         ] {
             assert!(check_data_directory(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_directory_of_files_is_before_the_first_glob() {
+        assert_eq!(files_directory("/data/x.csv"), "/data");
+        assert_eq!(files_directory("/data/2026/*.parquet"), "/data/2026");
+        assert_eq!(files_directory("/data/*/facts.csv"), "/data");
+        assert_eq!(files_directory("/data*"), "/");
+        assert_eq!(files_directory("/x.csv"), "/");
+        assert_eq!(files_directory("x.csv"), "");
+        assert!(is_glob("/data/[ab].csv") && !is_glob("/data/a.csv"));
     }
 
     #[test]
