@@ -172,28 +172,29 @@ impl References {
     }
 
     /// The namespace's catalog, with every reference of `calculation` that the caches
-    /// lack fetched from the API server. The watch that triggers a reconcile on a new
-    /// Metric, table or Warehouse is not the watch that fills the caches, so the
-    /// reconcile it triggers may run before the cache has the object: without the
-    /// fetch, the calculation would report it missing until its next timed look.
-    async fn catalog_for(
+    /// lack fetched from the API server, and `calculation` resolved against it. The
+    /// watch that triggers a reconcile on a new Metric, table or Warehouse is not the
+    /// watch that fills the caches, so the reconcile it triggers may run before the
+    /// cache has the object: without the fetch, the calculation would report it
+    /// missing until its next timed look.
+    async fn resolve(
         &self,
         client: &Client,
         namespace: &str,
         calculation: &MetricCalculation,
-    ) -> Result<Catalog, kube::Error> {
+    ) -> Result<(Catalog, Result<plan::ResolvedCalculation, plan::PlanError>), kube::Error> {
         let mut catalog = self.catalog(namespace);
         let mut fetched = std::collections::BTreeSet::new();
-        while let Err(plan::PlanError::MissingReference { kind, name, .. }) =
-            plan::resolve(calculation, &catalog)
-        {
-            if !fetched.insert((kind, name.clone()))
-                || !fetch_reference(client, namespace, kind, &name, &mut catalog).await?
+        loop {
+            let resolved = plan::resolve(calculation, &catalog);
+            if let Err(plan::PlanError::MissingReference { kind, name, .. }) = &resolved
+                && fetched.insert((*kind, name.clone()))
+                && fetch_reference(client, namespace, kind, name, &mut catalog).await?
             {
-                break;
+                continue;
             }
+            return Ok((catalog, resolved));
         }
-        Ok(catalog)
     }
 }
 
@@ -417,11 +418,10 @@ async fn reconcile(
     let name = calculation.name_any();
     let generation = calculation.metadata.generation.unwrap_or(1);
     let now = Timestamp::now();
-    let catalog = ctx
+    let (catalog, resolved) = ctx
         .references
-        .catalog_for(&ctx.client, &namespace, &calculation)
+        .resolve(&ctx.client, &namespace, &calculation)
         .await?;
-    let resolved = plan::resolve(&calculation, &catalog);
     let waiting = resolved.as_ref().ok().and_then(|r| {
         readiness::first_undelivered(
             &readiness::deliveries(&r.tables, &catalog, now),
@@ -1045,10 +1045,11 @@ mod tests {
         ));
         let (client, asked) =
             api_server([(path.clone(), serde_json::to_value(&warehouse).unwrap())].into());
-        let complete = references
-            .catalog_for(&client, "default", &calculation)
+        let (complete, resolved) = references
+            .resolve(&client, "default", &calculation)
             .await
             .unwrap();
+        assert!(resolved.is_ok());
         assert!(plan::resolve(&calculation, &complete).is_ok());
         assert_eq!(*asked.lock().unwrap(), [path]);
     }
@@ -1064,12 +1065,12 @@ mod tests {
             metrics: cache([]),
         };
         let (client, asked) = api_server([].into());
-        let partial = references
-            .catalog_for(&client, "default", &calculation)
+        let (_, partial) = references
+            .resolve(&client, "default", &calculation)
             .await
             .unwrap();
         assert!(matches!(
-            plan::resolve(&calculation, &partial),
+            partial,
             Err(plan::PlanError::MissingReference { kind: "Metric", .. })
         ));
         assert_eq!(asked.lock().unwrap().len(), 1);

@@ -69,15 +69,17 @@ fn probe(
     MetricCalculation::new(&schedule.name_any(), run_spec(schedule, end))
 }
 
+/// What a run computes now (a fingerprint of the template and its Metric) and the
+/// deliveries of the tables it reads, from the resolution of the schedule's [`probe`].
 fn definition(
     schedule: &ScheduledMetricCalculation,
-    grid: &Result<RunGrid, String>,
+    resolved: Result<plan::ResolvedCalculation, plan::PlanError>,
     catalog: &Catalog,
     now: Timestamp,
 ) -> (Result<String, String>, Vec<super::readiness::TableDelivery>) {
     let name = schedule.name_any();
     let template = &schedule.spec.metric_calculation_spec;
-    match plan::resolve(&probe(schedule, grid), catalog) {
+    match resolved {
         Ok(resolved) => {
             let metric = catalog.metrics.get(&template.metric);
             let identity = json!([
@@ -204,11 +206,11 @@ pub async fn reconcile(
             Err,
         )
         .map_err(|e| format!("ScheduledMetricCalculation/{name}: {e}"));
-    let catalog = ctx
+    let (catalog, resolved) = ctx
         .references
-        .catalog_for(&ctx.client, &namespace, &probe(&schedule, &grid))
+        .resolve(&ctx.client, &namespace, &probe(&schedule, &grid))
         .await?;
-    let (definition, deliveries) = definition(&schedule, &grid, &catalog, now);
+    let (definition, deliveries) = definition(&schedule, resolved, &catalog, now);
 
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
     let uid = schedule.uid();
@@ -429,7 +431,9 @@ mod tests {
             None,
         )
         .map_err(|e| e.to_string());
-        let (definition, _) = definition(&schedule, &grid, &Catalog::default(), Timestamp::now());
+        let catalog = Catalog::default();
+        let resolved = plan::resolve(&probe(&schedule, &grid), &catalog);
+        let (definition, _) = definition(&schedule, resolved, &catalog, Timestamp::now());
         let message = definition.unwrap_err();
         assert!(
             message.starts_with("ScheduledMetricCalculation/daily: spec.metricCalculationSpec."),

@@ -584,6 +584,44 @@ impl ServiceEndpoint {
     }
 }
 
+/// Where an environment variable's value comes from: a ConfigMap or a Secret.
+#[derive(Clone, Copy)]
+enum Store {
+    ConfigMap,
+    Secret,
+}
+
+impl Store {
+    fn kind(self) -> &'static str {
+        match self {
+            Store::ConfigMap => "ConfigMap",
+            Store::Secret => "Secret",
+        }
+    }
+
+    /// The object's data; `None` when it is missing and `optional`, the kubelet's
+    /// waiting reason when it is missing and not.
+    fn data(
+        self,
+        resolved: &Resolved,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Waiting> {
+        let data = match self {
+            Store::ConfigMap => resolved.config_map(name),
+            Store::Secret => resolved.secret(name),
+        };
+        match data {
+            Some(data) => Ok(Some(data)),
+            None if optional == Some(true) => Ok(None),
+            None => Err(Waiting::config(format!(
+                "{} \"{name}\" not found",
+                self.kind().to_lowercase()
+            ))),
+        }
+    }
+}
+
 /// A container's environment as the kubelet builds it: the `kubernetes` Service's
 /// variables, then `envFrom`, then `env` (`value` with `$(VAR)` expansion,
 /// `configMapKeyRef`, `secretKeyRef`, `fieldRef`), later names overriding earlier
@@ -605,31 +643,17 @@ pub fn container_env(
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(r) = &from.config_map_ref {
-            match resolved.config_map(&r.name) {
-                Some(data) => {
-                    for (k, v) in data {
-                        set(&mut env, format!("{prefix}{k}"), text(&v));
-                    }
-                }
-                None if r.optional == Some(true) => {}
-                None => {
-                    return Err(Waiting::config(format!(
-                        "configmap \"{}\" not found",
-                        r.name
-                    )));
-                }
-            }
-        }
-        if let Some(r) = &from.secret_ref {
-            match resolved.secret(&r.name) {
-                Some(data) => {
-                    for (k, v) in data {
-                        set(&mut env, format!("{prefix}{k}"), text(&v));
-                    }
-                }
-                None if r.optional == Some(true) => {}
-                None => return Err(Waiting::config(format!("secret \"{}\" not found", r.name))),
+        let sources = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (Store::ConfigMap, r.name.as_str(), r.optional)),
+            from.secret_ref
+                .as_ref()
+                .map(|r| (Store::Secret, r.name.as_str(), r.optional)),
+        ];
+        for (store, name, optional) in sources.into_iter().flatten() {
+            for (k, v) in store.data(resolved, name, optional)?.unwrap_or_default() {
+                set(&mut env, format!("{prefix}{k}"), text(&v));
             }
         }
     }
@@ -637,47 +661,28 @@ pub fn container_env(
         let value = match &e.value_from {
             None => Some(expand(e.value.as_deref().unwrap_or_default(), &env)),
             Some(from) => {
-                if let Some(r) = &from.config_map_key_ref {
-                    let optional = r.optional == Some(true);
-                    match resolved.config_map(&r.name) {
-                        Some(data) => match data.get(&r.key) {
+                let key_ref = from
+                    .config_map_key_ref
+                    .as_ref()
+                    .map(|r| (Store::ConfigMap, &r.name, &r.key, r.optional))
+                    .or_else(|| {
+                        from.secret_key_ref
+                            .as_ref()
+                            .map(|r| (Store::Secret, &r.name, &r.key, r.optional))
+                    });
+                if let Some((store, name, key, optional)) = key_ref {
+                    match store.data(resolved, name, optional)? {
+                        None => None,
+                        Some(data) => match data.get(key) {
                             Some(v) => Some(text(v)),
-                            None if optional => None,
+                            None if optional == Some(true) => None,
                             None => {
                                 return Err(Waiting::config(format!(
-                                    "couldn't find key {} in ConfigMap {ns}/{}",
-                                    r.key, r.name
+                                    "couldn't find key {key} in {} {ns}/{name}",
+                                    store.kind()
                                 )));
                             }
                         },
-                        None if optional => None,
-                        None => {
-                            return Err(Waiting::config(format!(
-                                "configmap \"{}\" not found",
-                                r.name
-                            )));
-                        }
-                    }
-                } else if let Some(r) = &from.secret_key_ref {
-                    let optional = r.optional == Some(true);
-                    match resolved.secret(&r.name) {
-                        Some(data) => match data.get(&r.key) {
-                            Some(v) => Some(text(v)),
-                            None if optional => None,
-                            None => {
-                                return Err(Waiting::config(format!(
-                                    "couldn't find key {} in Secret {ns}/{}",
-                                    r.key, r.name
-                                )));
-                            }
-                        },
-                        None if optional => None,
-                        None => {
-                            return Err(Waiting::config(format!(
-                                "secret \"{}\" not found",
-                                r.name
-                            )));
-                        }
                     }
                 } else if let Some(f) = &from.field_ref {
                     Some(field_ref(pod, node, &f.field_path).ok_or_else(|| {
