@@ -1,13 +1,24 @@
-//! Where an end-to-end test runs: the API emulator (the default), or the real cluster
-//! of the kubeconfig in `TALLY_E2E_KUBECONFIG`.
+//! Where an end-to-end test runs. Three backends:
 //!
-//! A [`TestCluster`] gives each test a fresh namespace (deleted at the end on a real
-//! cluster; the emulator goes away whole), Tally's CRDs, a worker ServiceAccount
-//! allowed what `tally worker` does, and the example data where worker Pods can read
-//! it. Features only the emulator has (fault injection, its store, the image map)
-//! are behind [`TestCluster::emulator_only`].
+//! - **The real control plane** (the default): each [`TestCluster`] starts its own
+//!   etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+//!   ([`crate::control_plane`]) and a node agent ([`crate::node_agent`]) that runs
+//!   every Pod from Tally's image, built from the local `tally` binary. The
+//!   controllers the tests start authenticate as the chart's controller
+//!   ServiceAccount (a token for it), so the chart's RBAC authorizes each call they
+//!   make, and workers as their own ServiceAccount.
+//! - **The API emulator**, with `TALLY_E2E_BACKEND=emulator`, or when Go or buildah is
+//!   missing outside CI (`TALLY_REQUIRE_TOOLS` makes that a failure instead).
+//! - **A cluster of your own**, the kubeconfig in `TALLY_E2E_KUBECONFIG`.
 //!
-//! On a real cluster:
+//! A [`TestCluster`] gives each test a fresh namespace that enforces the `restricted`
+//! Pod Security profile (deleted at the end on a cluster of your own; the others go
+//! away whole), Tally's CRDs, a worker ServiceAccount allowed what `tally worker`
+//! does, and the example data where worker Pods can read it. Features only the
+//! emulator has (fault injection, its store, the image map) are behind
+//! [`TestCluster::emulator_only`].
+//!
+//! On a cluster of your own:
 //! - `TALLY_E2E_IMAGE` is the `tally` image calculation Jobs (and the chart's
 //!   controller) run, built from the same tree as the local `tally` binary; the
 //!   default is the chart's, `ghcr.io/tally-dev/tally:<appVersion>`.
@@ -15,8 +26,9 @@
 //!   reconciles all namespaces: no other Tally controller may run in that cluster, and
 //!   the tests of one test binary run one at a time.
 //! - The kubeconfig's user needs cluster-admin (CRDs, namespaces, RBAC).
-//! - The example data reaches the worker Pods through ConfigMaps mounted by the
-//!   Warehouse's `job.volumes`.
+//!
+//! Off the emulator, the example data reaches the worker Pods through ConfigMaps
+//! mounted by the Warehouse's `job.volumes`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,12 +46,23 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use crate::control_plane::{self, ControlPlane};
+use crate::fault_proxy::{self, Fault, FaultProxy};
+use crate::node_agent::{self, NodeAgent};
 use crate::{IMAGE, chart_dir, crds, example, tally_bin};
 
 /// The environment variable naming a real cluster's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "TALLY_E2E_KUBECONFIG";
 /// The environment variable naming the `tally` image on a real cluster.
 pub const IMAGE_ENV: &str = "TALLY_E2E_IMAGE";
+/// The environment variable choosing the backend without `TALLY_E2E_KUBECONFIG`:
+/// `control-plane` (the default) or `emulator`.
+pub const BACKEND_ENV: &str = "TALLY_E2E_BACKEND";
+/// The Helm release whose RBAC the tests' controllers run under on the control plane:
+/// its controller ServiceAccount is `tally-controller`.
+const CHART_RELEASE: &str = "tally";
+/// The chart's controller ServiceAccount of release [`CHART_RELEASE`].
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "tally-controller";
 /// The ServiceAccount calculation Jobs run as in a test namespace.
 pub const WORKER_SERVICE_ACCOUNT: &str = "tally-e2e-worker";
 /// Where worker Pods find the example data on a real cluster.
@@ -59,14 +82,17 @@ pub fn real_cluster_kubeconfig() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// `seconds`, longer on a real cluster (image pulls, scheduling): a deadline for
-/// things that take a moment on the emulator.
+/// Whether the tests run on the API emulator (`TALLY_E2E_BACKEND=emulator` and no
+/// `TALLY_E2E_KUBECONFIG`).
+pub fn emulator_requested() -> bool {
+    real_cluster_kubeconfig().is_none()
+        && std::env::var(BACKEND_ENV).is_ok_and(|backend| backend == "emulator")
+}
+
+/// `seconds`, longer on a real API server (Pods scheduled, started from an image):
+/// a deadline for things that take a moment on the emulator.
 pub fn patience(seconds: u64) -> Duration {
-    let factor = if real_cluster_kubeconfig().is_some() {
-        4
-    } else {
-        1
-    };
+    let factor = if emulator_requested() { 1 } else { 4 };
     Duration::from_secs(seconds * factor)
 }
 
@@ -91,76 +117,314 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
     Client::try_from(config).expect("a client")
 }
 
-/// One test at a time per test binary on a real cluster: the controllers they start
-/// watch every namespace.
+/// Where a test injects faults into its controllers' requests; see
+/// [`TestCluster::faults`].
+pub enum Faults<'a> {
+    Emulator(&'a kube_emulator::Faults),
+    Proxy(&'a fault_proxy::Faults),
+}
+
+impl Faults<'_> {
+    /// The next `n` requests whose path starts with `path_prefix` fail with `fault`.
+    pub fn fail_next(&self, path_prefix: &str, n: usize, fault: Fault) {
+        match self {
+            Faults::Emulator(faults) => faults.fail_next(path_prefix, n, emulator_fault(fault)),
+            Faults::Proxy(faults) => faults.fail_next(path_prefix, n, fault),
+        }
+    }
+
+    /// Like [`Self::fail_next`] for one HTTP method.
+    pub fn fail_next_method(&self, method: &str, path_prefix: &str, n: usize, fault: Fault) {
+        match self {
+            Faults::Emulator(faults) => {
+                faults.fail_next_method(method, path_prefix, n, emulator_fault(fault))
+            }
+            Faults::Proxy(faults) => faults.fail_next_method(method, path_prefix, n, fault),
+        }
+    }
+}
+
+impl Faults<'_> {
+    /// How many requests met a fault so far, where the backend counts them (the
+    /// proxy does, the emulator does not).
+    pub fn injected(&self) -> Option<usize> {
+        match self {
+            Faults::Emulator(_) => None,
+            Faults::Proxy(faults) => Some(faults.injected()),
+        }
+    }
+}
+
+fn emulator_fault(fault: Fault) -> kube_emulator::Fault {
+    match fault {
+        Fault::Status(code) => kube_emulator::Fault::Status(code),
+        Fault::Hang => kube_emulator::Fault::Hang,
+    }
+}
+
+/// One test at a time per test binary on a cluster of your own: the controllers they
+/// start watch every namespace.
 static REAL_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What a [`TestCluster`] runs on.
+enum Backend {
+    Emulator(kube_emulator::Emulator),
+    ControlPlane(Box<LocalCluster>),
+    External(#[allow(dead_code)] tokio::sync::MutexGuard<'static, ()>),
+}
+
+/// A control plane and a node agent of the test's own.
+struct LocalCluster {
+    // Fields drop in order: the node agent kills its Pods before the control plane
+    // stops.
+    agent: NodeAgent,
+    /// Between the tests' controllers and the API server, as their identity.
+    proxy: Option<FaultProxy>,
+    plane: ControlPlane,
+}
+
+/// Why the control plane backend cannot run here.
+#[derive(Debug)]
+struct Unavailable(String);
+
+impl LocalCluster {
+    async fn start() -> Result<Self, Unavailable> {
+        if std::process::Command::new("buildah")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return Err(Unavailable(
+                "buildah is not installed (apt-get install buildah)".into(),
+            ));
+        }
+        let plane = match ControlPlane::start().await {
+            Ok(plane) => plane,
+            Err(e @ control_plane::Error::GoUnavailable(_)) => {
+                return Err(Unavailable(e.to_string()));
+            }
+            Err(e) => panic!("the control plane did not start: {e}"),
+        };
+        let client = plane.client().await.expect("an admin client");
+        let binary = tally_bin();
+        let layout = tokio::task::spawn_blocking(move || node_agent::build_image(&binary))
+            .await
+            .expect("the image build ran")
+            .unwrap_or_else(|e| panic!("the image: {e}"));
+        let ca = std::fs::read_to_string(plane.ca_path()).expect("the cluster's CA");
+        let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
+            .await
+            .unwrap_or_else(|e| panic!("the node agent: {e}"));
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+        crate::eventually("node-1 Ready", Duration::from_secs(60), || async {
+            let node = nodes.get("node-1").await.ok()?;
+            node.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+        Ok(Self {
+            agent,
+            proxy: None,
+            plane,
+        })
+    }
+}
 
 /// The cluster a test runs on, with its own namespace. See the module documentation.
 pub struct TestCluster {
-    emulator: Option<kube_emulator::Emulator>,
+    backend: Backend,
     client: Client,
     kubeconfig: PathBuf,
     namespace: String,
     worker_image: String,
-    _one_at_a_time: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 impl TestCluster {
-    /// The emulator, or the cluster of `TALLY_E2E_KUBECONFIG`, with Tally's CRDs and a
-    /// fresh namespace named after `test`.
+    /// A cluster (see the module documentation) with Tally's CRDs and a fresh
+    /// namespace named after `test`.
     pub async fn start(test: &str) -> Self {
         Self::start_with_crds(test, true).await
     }
 
     /// [`Self::start`] without applying Tally's CRDs, for a test that installs them
-    /// (a real cluster may have them from earlier tests).
+    /// (a cluster of your own may have them from earlier tests).
     pub async fn start_without_crds(test: &str) -> Self {
         Self::start_with_crds(test, false).await
     }
 
+    /// A cluster on the API emulator whatever the environment asks, for a test of
+    /// what only the emulator offers (fault injection).
+    pub async fn start_on_emulator(test: &str) -> Self {
+        Self::prepare(fresh_namespace(test), Self::emulator_backend().await, true).await
+    }
+
     async fn start_with_crds(test: &str, apply_crds: bool) -> Self {
         let namespace = fresh_namespace(test);
-        let cluster = match real_cluster_kubeconfig() {
-            None => {
-                let emulator = kube_emulator::Emulator::builder()
-                    .image(IMAGE, tally_bin())
-                    .image(chart_image(), tally_bin())
-                    .start()
-                    .await
-                    .expect("the emulator starts");
-                let kubeconfig = emulator.kubeconfig_path().to_path_buf();
-                Self {
-                    client: client_for(&kubeconfig).await,
-                    emulator: Some(emulator),
-                    kubeconfig,
-                    namespace,
-                    worker_image: IMAGE.to_string(),
-                    _one_at_a_time: None,
+        let backend = match real_cluster_kubeconfig() {
+            Some(kubeconfig) => (
+                Backend::External(REAL_CLUSTER.lock().await),
+                kubeconfig,
+                std::env::var(IMAGE_ENV).unwrap_or_else(|_| chart_image()),
+            ),
+            None if emulator_requested() => Self::emulator_backend().await,
+            None => match LocalCluster::start().await {
+                Ok(local) => {
+                    let kubeconfig = local.plane.kubeconfig_path().to_path_buf();
+                    (
+                        Backend::ControlPlane(Box::new(local)),
+                        kubeconfig,
+                        chart_image(),
+                    )
                 }
-            }
-            Some(kubeconfig) => {
-                let guard = REAL_CLUSTER.lock().await;
-                Self {
-                    client: client_for(&kubeconfig).await,
-                    emulator: None,
-                    kubeconfig,
-                    namespace,
-                    worker_image: std::env::var(IMAGE_ENV).unwrap_or_else(|_| chart_image()),
-                    _one_at_a_time: Some(guard),
+                Err(Unavailable(why)) => {
+                    assert!(
+                        std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(),
+                        "required tool unavailable: {why}"
+                    );
+                    eprintln!("note: {why}; this test runs on the API emulator instead");
+                    Self::emulator_backend().await
                 }
-            }
+            },
+        };
+        Self::prepare(namespace, backend, apply_crds).await
+    }
+
+    async fn emulator_backend() -> (Backend, PathBuf, String) {
+        let emulator = kube_emulator::Emulator::builder()
+            .image(IMAGE, tally_bin())
+            .image(chart_image(), tally_bin())
+            .start()
+            .await
+            .expect("the emulator starts");
+        let kubeconfig = emulator.kubeconfig_path().to_path_buf();
+        (Backend::Emulator(emulator), kubeconfig, IMAGE.to_string())
+    }
+
+    async fn prepare(
+        namespace: String,
+        (backend, kubeconfig, worker_image): (Backend, PathBuf, String),
+        apply_crds: bool,
+    ) -> Self {
+        let mut cluster = Self {
+            client: client_for(&kubeconfig).await,
+            backend,
+            kubeconfig,
+            namespace,
+            worker_image,
         };
         if apply_crds {
             cluster.apply_crds().await;
         }
         cluster
             .apply_yaml(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {{tally.dev/e2e: \"true\"}}}}\n",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {{tally.dev/e2e: \"true\", pod-security.kubernetes.io/enforce: restricted}}}}\n",
                 cluster.namespace
             ))
             .await;
         cluster.apply_yaml(&worker_rbac(&cluster.namespace)).await;
+        if matches!(cluster.backend, Backend::ControlPlane(_)) {
+            cluster.set_up_controller_account().await;
+        }
         cluster
+    }
+
+    /// Installs the chart's controller ServiceAccount and RBAC (rendered by Helm,
+    /// released into this test's namespace with it as the worker namespace) and puts
+    /// a fault-injecting proxy with a token for that account in front of the API
+    /// server: the controllers this test starts are authorized by the chart's rules
+    /// and nothing more, and the test can make their requests fail.
+    async fn set_up_controller_account(&mut self) {
+        let upstream = match render_chart(
+            &json!({
+                "fullnameOverride": CHART_RELEASE,
+                "worker": {"namespaces": [self.namespace]},
+            }),
+            &self.namespace,
+        ) {
+            Some(objects) => {
+                let rbac: Vec<String> = objects
+                    .iter()
+                    .filter(|o| {
+                        matches!(
+                            o["kind"].as_str(),
+                            Some(
+                                "ServiceAccount"
+                                    | "ClusterRole"
+                                    | "ClusterRoleBinding"
+                                    | "Role"
+                                    | "RoleBinding"
+                            )
+                        )
+                    })
+                    .map(|o| serde_json::to_string(o).expect("JSON"))
+                    .collect();
+                self.apply_yaml(&rbac.join("\n---\n")).await;
+                let account = CONTROLLER_SERVICE_ACCOUNT;
+                let token = service_account_token(&self.client, &self.namespace, account).await;
+                let Backend::ControlPlane(local) = &self.backend else {
+                    return;
+                };
+                let path = local.plane.dir().join(format!("{account}.kubeconfig"));
+                local
+                    .plane
+                    .write_token_kubeconfig(&path, account, &token)
+                    .expect("the controller's kubeconfig");
+                client_for(&path).await
+            }
+            None => {
+                eprintln!(
+                    "note: the tests' controllers run as the cluster admin (no Helm to render the chart's RBAC)"
+                );
+                self.client.clone()
+            }
+        };
+        let proxy = FaultProxy::start(upstream)
+            .await
+            .expect("the fault proxy starts");
+        let Backend::ControlPlane(local) = &mut self.backend else {
+            return;
+        };
+        proxy
+            .write_kubeconfig(&local.plane.dir().join("controller.kubeconfig"))
+            .expect("the proxy's kubeconfig");
+        local.proxy = Some(proxy);
+    }
+
+    /// The kubeconfig the tests' controllers use: on the control plane, the fault
+    /// proxy's, which acts as the chart's controller ServiceAccount; else the
+    /// cluster's.
+    pub fn controller_kubeconfig_path(&self) -> PathBuf {
+        match &self.backend {
+            Backend::ControlPlane(local) if local.proxy.is_some() => {
+                local.plane.dir().join("controller.kubeconfig")
+            }
+            _ => self.kubeconfig.clone(),
+        }
+    }
+
+    /// Fault injection into the requests of the controllers this test starts: the
+    /// fault proxy on the control plane, the emulator's own on the emulator; on a
+    /// cluster of your own `None`, after saying what is skipped.
+    pub fn faults(&self) -> Option<Faults<'_>> {
+        match &self.backend {
+            Backend::Emulator(emulator) => Some(Faults::Emulator(emulator.faults())),
+            Backend::ControlPlane(local) => local.proxy.as_ref().map(|p| Faults::Proxy(p.faults())),
+            Backend::External(_) => {
+                eprintln!("SKIPPED on a cluster of your own: fault injection");
+                None
+            }
+        }
+    }
+
+    /// The node agent running this cluster's Pods, on the control plane backend.
+    pub fn node_agent(&self) -> Option<&NodeAgent> {
+        match &self.backend {
+            Backend::ControlPlane(local) => Some(&local.agent),
+            _ => None,
+        }
     }
 
     /// Applies the repository's CRDs and waits until they are served.
@@ -195,21 +459,24 @@ impl TestCluster {
     }
 
     pub fn is_emulator(&self) -> bool {
-        self.emulator.is_some()
+        self.emulator().is_some()
     }
 
     /// The emulator, when the test runs on it.
     pub fn emulator(&self) -> Option<&kube_emulator::Emulator> {
-        self.emulator.as_ref()
+        match &self.backend {
+            Backend::Emulator(emulator) => Some(emulator),
+            _ => None,
+        }
     }
 
     /// The emulator, for a test (or a part of one) that needs `feature` of it; on a
-    /// real cluster `None`, after saying what is skipped.
+    /// real API server `None`, after saying what is skipped.
     pub fn emulator_only(&self, feature: &str) -> Option<&kube_emulator::Emulator> {
-        if self.emulator.is_none() {
-            eprintln!("SKIPPED on a real cluster (emulator only): {feature}");
+        if !self.is_emulator() {
+            eprintln!("SKIPPED on a real API server (emulator only): {feature}");
         }
-        self.emulator.as_ref()
+        self.emulator()
     }
 
     /// The image calculation Jobs run.
@@ -325,10 +592,26 @@ impl TestCluster {
     }
 
     /// Adds what a hand-made worker Job needs on this cluster to a Job manifest: the
-    /// worker ServiceAccount, and on a real cluster the example data volume.
+    /// worker ServiceAccount, the `restricted` profile's security settings (as the
+    /// controller's Jobs have them), and off the emulator the example data volume.
     pub fn prepare_worker_job(&self, job: &mut Value) {
         let pod = &mut job["spec"]["template"]["spec"];
         pod["serviceAccountName"] = json!(WORKER_SERVICE_ACCOUNT);
+        pod["securityContext"] = json!({
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        });
+        if let Some(containers) = pod["containers"].as_array_mut() {
+            for container in containers {
+                container["securityContext"] = json!({
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "capabilities": {"drop": ["ALL"]},
+                });
+            }
+        }
         if self.is_emulator() {
             return;
         }
@@ -347,13 +630,21 @@ impl TestCluster {
     }
 
     /// The plans `tally plan` makes of [`Self::example_manifests`]: what the controller
-    /// would put in the example calculations' Jobs on this cluster.
+    /// would put in the example calculations' Jobs on this cluster. `tally plan` reads
+    /// the local files; off the emulator their directory becomes [`DATA_MOUNT`], where
+    /// [`Self::prepare_worker_job`] mounts the data ConfigMaps this creates.
     pub async fn example_plans(&self) -> Value {
         let file = std::env::temp_dir().join(format!("{}-example.yaml", self.namespace));
-        std::fs::write(&file, self.example_manifests().await).expect("a temporary file");
+        std::fs::write(&file, crate::example_manifests()).expect("a temporary file");
         let plans = crate::tally_json(&["plan", "-f", file.to_str().expect("a UTF-8 path")]);
         let _ = std::fs::remove_file(&file);
-        plans
+        if self.is_emulator() {
+            return plans;
+        }
+        self.example_manifests().await;
+        let local = format!("{}/data/", example().display());
+        serde_json::from_str(&plans.to_string().replace(&local, &format!("{DATA_MOUNT}/")))
+            .expect("the plans stay JSON")
     }
 
     /// An untyped API for a Tally kind in this test's namespace.
@@ -393,7 +684,7 @@ impl TestCluster {
             WORKER_SERVICE_ACCOUNT,
         ];
         all.extend_from_slice(args);
-        crate::ControllerProcess::start_with_env(&self.kubeconfig, &all, env)
+        crate::ControllerProcess::start_with_env(&self.controller_kubeconfig_path(), &all, env)
     }
 
     /// Runs `tally ARGS` (e.g. `cancel mc/NAME -n NAMESPACE`) against this cluster and
@@ -418,10 +709,10 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
-    /// On a real cluster, deletes the test's namespace (and so everything in it).
-    /// The emulator goes away with its own drop.
+    /// On a cluster of your own, deletes the test's namespace (and so everything in
+    /// it). The emulator and the control plane go away whole with their own drops.
     fn drop(&mut self) {
-        if self.is_emulator() {
+        if !matches!(self.backend, Backend::External(_)) {
             return;
         }
         let (kubeconfig, namespace) = (self.kubeconfig.clone(), self.namespace.clone());
@@ -445,6 +736,54 @@ impl Drop for TestCluster {
             eprintln!("{e}");
         }
     }
+}
+
+/// The chart's objects for `values`, released as `tally` into `namespace` (Helm's Go
+/// SDK through `tests/e2e/helm.py`); `None` when Helm is unavailable.
+pub fn render_chart(values: &Value, namespace: &str) -> Option<Vec<Value>> {
+    let rendered = crate::helm_json(&[
+        "template",
+        chart_dir().to_str().expect("a UTF-8 path"),
+        "--name",
+        CHART_RELEASE,
+        "--namespace",
+        namespace,
+        "--values",
+        &values.to_string(),
+    ])?;
+    Some(
+        rendered["documents"]
+            .as_array()
+            .expect("rendered documents")
+            .iter()
+            .map(|d| d["object"].clone())
+            .collect(),
+    )
+}
+
+/// A token for the ServiceAccount `account` of `namespace` (TokenRequest API, an
+/// hour long).
+pub async fn service_account_token(client: &Client, namespace: &str, account: &str) -> String {
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), namespace);
+    let request = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600},
+    });
+    let response: Value = accounts
+        .create_subresource(
+            "token",
+            account,
+            &kube::api::PostParams::default(),
+            &request,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a token for {namespace}/{account}: {e}"));
+    response["status"]["token"]
+        .as_str()
+        .expect("a token in the TokenRequest's status")
+        .to_string()
 }
 
 fn data_config_map(file: &str) -> String {

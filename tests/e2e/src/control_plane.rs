@@ -159,6 +159,19 @@ impl ControlPlane {
         &self.bin_dir
     }
 
+    /// Writes a kubeconfig at `path` that authenticates as the bearer of `token` (a
+    /// ServiceAccount's, from the TokenRequest API), so that RBAC authorizes every
+    /// call made with it.
+    pub fn write_token_kubeconfig(&self, path: &Path, user: &str, token: &str) -> Result<()> {
+        write_kubeconfig_for(
+            path,
+            &self.server,
+            &self.ca_path(),
+            user,
+            json!({"token": token}),
+        )
+    }
+
     /// A client of the admin kubeconfig.
     pub async fn client(&self) -> Result<Client> {
         admin_client(&self.kubeconfig).await
@@ -608,6 +621,22 @@ fn write_client_cert(
 /// `pki/<user>.crt`.
 fn write_kubeconfig(path: &Path, server: &str, pki: &Path, user: &str) -> Result<()> {
     let file = |name: String| pki.join(name).display().to_string();
+    let credentials = json!({
+        "client-certificate": file(format!("{user}.crt")),
+        "client-key": file(format!("{user}.key")),
+    });
+    write_kubeconfig_for(path, server, &pki.join("ca.crt"), user, credentials)
+}
+
+/// A kubeconfig for the API server at `server`, trusting the CA at `ca`, as `user`
+/// with `credentials` (a kubeconfig `user` entry).
+fn write_kubeconfig_for(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &str,
+    credentials: serde_json::Value,
+) -> Result<()> {
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -615,16 +644,10 @@ fn write_kubeconfig(path: &Path, server: &str, pki: &Path, user: &str) -> Result
             "name": "tally-e2e",
             "cluster": {
                 "server": server,
-                "certificate-authority": file("ca.crt".to_owned()),
+                "certificate-authority": ca.display().to_string(),
             },
         }],
-        "users": [{
-            "name": user,
-            "user": {
-                "client-certificate": file(format!("{user}.crt")),
-                "client-key": file(format!("{user}.key")),
-            },
-        }],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{
             "name": "tally-e2e",
             "context": {"cluster": "tally-e2e", "user": user},

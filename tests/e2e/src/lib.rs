@@ -10,6 +10,7 @@ use std::process::ExitStatus;
 
 pub mod cluster;
 pub mod control_plane;
+pub mod fault_proxy;
 pub mod node_agent;
 pub use cluster::{TestCluster, patience, real_cluster_kubeconfig};
 

@@ -13,6 +13,7 @@ use kube::{
     api::{DynamicObject, ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
+use tally_e2e::fault_proxy::Fault;
 use tally_e2e::{TestCluster, assert_close, condition, example_manifest, patience, printed_status};
 
 fn calculations(cluster: &TestCluster) -> Api<DynamicObject> {
@@ -505,26 +506,25 @@ async fn a_failing_worker_fails_the_calculation_with_its_reason() {
 #[tokio::test]
 async fn api_errors_are_retried_not_turned_into_failures() {
     let cluster = example_cluster("api-errors").await;
-    let Some(emulator) = cluster.emulator_only("fault injection") else {
+    let Some(faults) = cluster.faults() else {
         return;
     };
     // The first status writes and Job creations fail as if the API server were
     // overloaded; the controller retries.
     let namespace = cluster.namespace();
-    let faults = emulator.faults();
     faults.fail_next_method(
         "PATCH",
         &format!(
             "/apis/tally.dev/v1alpha1/namespaces/{namespace}/metriccalculations/checkout-conversion/status"
         ),
         3,
-        kube_emulator::Fault::Status(500),
+        Fault::Status(500),
     );
     faults.fail_next_method(
         "POST",
         &format!("/apis/batch/v1/namespaces/{namespace}/jobs"),
         2,
-        kube_emulator::Fault::Status(500),
+        Fault::Status(500),
     );
     let _controller = cluster.start_controller();
     let completed = wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
@@ -541,4 +541,7 @@ async fn api_errors_are_retried_not_turned_into_failures() {
         wait_for_state(&cluster, name, "Completed", 120).await;
     }
     assert_eq!(calculation_jobs(&cluster).await.len(), 4);
+    if let Some(injected) = faults.injected() {
+        assert_eq!(injected, 5, "every injected fault met a request");
+    }
 }

@@ -12,6 +12,7 @@ use kube::{
     api::{DynamicObject, PostParams},
 };
 use serde_json::Value;
+use tally_e2e::fault_proxy::Fault;
 use tally_e2e::{ControllerProcess, TestCluster, patience};
 
 const LEASE: &str = "tally-e2e-leader";
@@ -218,7 +219,7 @@ async fn a_lease_without_a_spec_is_taken_over() {
 #[tokio::test]
 async fn a_leader_whose_renewals_hang_stops_before_its_lease_expires() {
     let cluster = TestCluster::start("leader-hang").await;
-    let Some(emulator) = cluster.emulator_only("hanging API requests") else {
+    let Some(faults) = cluster.faults() else {
         return;
     };
     let mut leader = replica_of(&cluster, "tally-e2e-hang", "replica-a", "6");
@@ -231,9 +232,7 @@ async fn a_leader_whose_renewals_hang_stops_before_its_lease_expires() {
         "/apis/coordination.k8s.io/v1/namespaces/{}/leases/tally-e2e-hang",
         cluster.namespace()
     );
-    emulator
-        .faults()
-        .fail_next(&path, usize::MAX, kube_emulator::Fault::Hang);
+    faults.fail_next(&path, usize::MAX, Fault::Hang);
     let hung = Instant::now();
     let exit = leader
         .exit_within(Duration::from_secs(10))
