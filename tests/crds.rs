@@ -65,6 +65,78 @@ fn checked_in_crds_equal_generated() {
     }
 }
 
+/// Every `format` in the schemas, with where it is.
+fn formats(path: &str, schema: &Value, found: &mut Vec<(String, String)>) {
+    match schema {
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                if key == "format"
+                    && let Some(format) = value.as_str()
+                {
+                    found.push((path.to_string(), format.to_string()));
+                }
+                formats(&format!("{path}.{key}"), value, found);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                formats(&format!("{path}[{i}]"), item, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_schema_format_is_one_the_api_server_knows() {
+    // The formats kube-apiserver validates; any other draws a warning on every apply.
+    let known = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "binary",
+        "date",
+        "date-time",
+        "password",
+        "duration",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+        "byte",
+    ];
+    for crd in tally::api::crds() {
+        let mut found = Vec::new();
+        formats(
+            &crd.spec.names.kind,
+            &serde_json::to_value(&crd).unwrap(),
+            &mut found,
+        );
+        for (path, format) in found {
+            assert!(
+                known.contains(&format.as_str()),
+                "{path}: format {format:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn crds_have_names_columns_and_status() {
     for crd in tally::api::crds() {

@@ -15,7 +15,9 @@ mod scheduled_metric_calculation;
 pub mod unknown_fields;
 mod warehouse;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -56,7 +58,7 @@ pub const RETRIGGERED_BY_ANNOTATION: &str = "tally.dev/retriggered-by";
 
 /// Every CRD Tally serves, in a stable order (the file names of `crds/`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         Warehouse::crd(),
         ExposureTable::crd(),
         FactTable::crd(),
@@ -64,7 +66,52 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Metric::crd(),
         MetricCalculation::crd(),
         ScheduledMetricCalculation::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_integer_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Rust's unsigned integers become `int32`/`int64`: the API server knows no
+/// `uint32` format and warns on every apply of a CRD that has one (the bounds are
+/// in `minimum`/`maximum`).
+fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
+    match schema.format.as_deref() {
+        Some("uint8" | "uint16" | "uint32" | "int8" | "int16") => {
+            schema.format = Some("int32".into())
+        }
+        Some("uint64" | "uint" | "uint128" | "int128") => schema.format = Some("int64".into()),
+        _ => {}
+    }
+    let nested = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.not.as_deref_mut());
+    let items = match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => vec![item.as_mut()],
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().collect(),
+        None => Vec::new(),
+    };
+    let additional = match schema.additional_properties.as_mut() {
+        Some(JSONSchemaPropsOrBool::Schema(extra)) => Some(extra.as_mut()),
+        _ => None,
+    };
+    for child in nested.chain(items).chain(additional) {
+        kubernetes_integer_formats(child);
+    }
 }
 
 /// Where a table's rows come from: exactly one of `table`, `sql` or `files`.

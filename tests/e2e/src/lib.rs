@@ -23,25 +23,27 @@ pub const IMAGE: &str = "ghcr.io/example/tally:dev";
 /// The `tally` binary: `TALLY_BIN`, else the one built next to this test's target
 /// directory (debug, or release for benchmarks).
 pub fn tally_bin() -> PathBuf {
+    find_tally_bin().unwrap_or_else(|| {
+        panic!("no tally binary in the target directory: run `cargo test -p tally --no-run` first")
+    })
+}
+
+/// [`tally_bin`], or `None` when there is none yet.
+pub fn find_tally_bin() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("TALLY_BIN") {
-        return path.into();
+        return Some(path.into());
     }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("a target directory");
-    for profile in ["debug", "release"] {
-        let bin = target.join(profile).join("tally");
-        if bin.is_file() {
-            return bin;
-        }
-    }
-    panic!(
-        "no tally binary under {}: run `cargo build -p tally` first",
-        target.display()
-    );
+    let exe = std::env::current_exe().ok()?;
+    // A test runs from target/<profile>/deps, a binary from target/<profile>.
+    let target = exe.ancestors().find(|dir| {
+        dir.file_name()
+            .is_some_and(|name| name == "debug" || name == "release")
+    })?;
+    let target = target.parent()?;
+    ["debug", "release"]
+        .iter()
+        .map(|profile| target.join(profile).join("tally"))
+        .find(|bin| bin.is_file())
 }
 
 /// The example experiment's directory.

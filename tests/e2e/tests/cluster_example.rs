@@ -221,6 +221,47 @@ async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
             assert_close(&format!("{name}.{field}"), &printed[field], &status[field]);
         }
     }
+    // What a user types next: the Ready condition, every Tally object at once, and
+    // the API's own documentation of the spec.
+    for name in CALCULATIONS {
+        kubectl(
+            &kubeconfig,
+            &[
+                "wait",
+                "-n",
+                NAMESPACE,
+                "--for=condition=Ready",
+                &format!("mc/{name}"),
+                "--timeout=60s",
+            ],
+            None,
+        );
+    }
+    let listed = kubectl(&kubeconfig, &["get", "tally", "-n", NAMESPACE], None);
+    for object in [
+        "warehouse.tally.dev/",
+        "exposuretable.tally.dev/",
+        "facttable.tally.dev/",
+        "metric.tally.dev/",
+    ] {
+        assert!(listed.contains(object), "kubectl get tally: {listed}");
+    }
+    for name in CALCULATIONS {
+        let row = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("metriccalculation.tally.dev/{name} ")))
+            .unwrap_or_else(|| panic!("kubectl get tally lists no {name}: {listed}"));
+        assert!(row.contains("Completed"), "{row}");
+    }
+    let explained = kubectl(&kubeconfig, &["explain", "mc.spec"], None);
+    for field in ["metric", "exposureTable", "startTime", "endTime"] {
+        assert!(
+            explained.contains(field),
+            "kubectl explain mc.spec lacks {field}: {explained}"
+        );
+    }
+    assert!(explained.contains("DESCRIPTION"), "{explained}");
+
     // Everything arrived in one apply, in kustomize's order: nothing to warn about.
     let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
     let warnings: Vec<String> = events
