@@ -1,22 +1,21 @@
-//! Where an end-to-end test runs. Three backends:
+//! Where an end-to-end test runs. Two backends:
 //!
 //! - **The real control plane** (the default): each [`TestCluster`] starts its own
 //!   etcd, kube-apiserver, kube-controller-manager and kube-scheduler
 //!   ([`crate::control_plane`]) and a node agent ([`crate::node_agent`]) that runs
 //!   every Pod from Tally's image, built from the local `tally` binary. The
 //!   controllers the tests start authenticate as the chart's controller
-//!   ServiceAccount (a token for it), so the chart's RBAC authorizes each call they
-//!   make, and workers as their own ServiceAccount.
-//! - **The API emulator**, with `TALLY_E2E_BACKEND=emulator`, or when Go or buildah is
-//!   missing outside CI (`TALLY_REQUIRE_TOOLS` makes that a failure instead).
+//!   ServiceAccount (a token for it) through a fault-injecting proxy
+//!   ([`crate::fault_proxy`]), so the chart's RBAC authorizes each call they make,
+//!   and workers as their own ServiceAccount. It needs Go (or the control plane built
+//!   before) and buildah.
 //! - **A cluster of your own**, the kubeconfig in `TALLY_E2E_KUBECONFIG`.
 //!
 //! A [`TestCluster`] gives each test a fresh namespace that enforces the `restricted`
-//! Pod Security profile (deleted at the end on a cluster of your own; the others go
-//! away whole), Tally's CRDs, a worker ServiceAccount allowed what `tally worker`
-//! does, and the example data where worker Pods can read it. Features only the
-//! emulator has (fault injection, its store, the image map) are behind
-//! [`TestCluster::emulator_only`].
+//! Pod Security profile (deleted at the end on a cluster of your own; a control plane
+//! of the test's own goes away whole), Tally's CRDs, a worker ServiceAccount allowed
+//! what `tally worker` does, and the example data in ConfigMaps that the Warehouse
+//! mounts into the worker Pods.
 //!
 //! On a cluster of your own:
 //! - `TALLY_E2E_IMAGE` is the `tally` image calculation Jobs (and the chart's
@@ -24,11 +23,8 @@
 //!   default is the chart's, `ghcr.io/tally-dev/tally:<appVersion>`.
 //! - The tests run `tally controller` as a local process with the kubeconfig, which
 //!   reconciles all namespaces: no other Tally controller may run in that cluster, and
-//!   the tests of one test binary run one at a time.
+//!   the tests of one test binary run one at a time. Fault injection is skipped.
 //! - The kubeconfig's user needs cluster-admin (CRDs, namespaces, RBAC).
-//!
-//! Off the emulator, the example data reaches the worker Pods through ConfigMaps
-//! mounted by the Warehouse's `job.volumes`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,17 +43,14 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::control_plane::{self, ControlPlane};
-use crate::fault_proxy::{self, Fault, FaultProxy};
+use crate::fault_proxy::{FaultProxy, Faults};
 use crate::node_agent::{self, NodeAgent};
-use crate::{IMAGE, chart_dir, crds, example, tally_bin};
+use crate::{chart_dir, crds, example, tally_bin};
 
 /// The environment variable naming a real cluster's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "TALLY_E2E_KUBECONFIG";
 /// The environment variable naming the `tally` image on a real cluster.
 pub const IMAGE_ENV: &str = "TALLY_E2E_IMAGE";
-/// The environment variable choosing the backend without `TALLY_E2E_KUBECONFIG`:
-/// `control-plane` (the default) or `emulator`.
-pub const BACKEND_ENV: &str = "TALLY_E2E_BACKEND";
 /// The Helm release whose RBAC the tests' controllers run under on the control plane:
 /// its controller ServiceAccount is `tally-controller`.
 const CHART_RELEASE: &str = "tally";
@@ -82,18 +75,11 @@ pub fn real_cluster_kubeconfig() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// Whether the tests run on the API emulator (`TALLY_E2E_BACKEND=emulator` and no
-/// `TALLY_E2E_KUBECONFIG`).
-pub fn emulator_requested() -> bool {
-    real_cluster_kubeconfig().is_none()
-        && std::env::var(BACKEND_ENV).is_ok_and(|backend| backend == "emulator")
-}
-
-/// `seconds`, longer on a real API server (Pods scheduled, started from an image):
-/// a deadline for things that take a moment on the emulator.
+/// A deadline for something that takes `seconds` on an idle machine, four times as
+/// long: on a busy two-core machine the API server, the Job controller, the scheduler
+/// and the node agent share the cores with the controller and its workers.
 pub fn patience(seconds: u64) -> Duration {
-    let factor = if emulator_requested() { 1 } else { 4 };
-    Duration::from_secs(seconds * factor)
+    Duration::from_secs(seconds * 4)
 }
 
 /// The chart's default image, `ghcr.io/tally-dev/tally:<appVersion>`.
@@ -117,58 +103,12 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
     Client::try_from(config).expect("a client")
 }
 
-/// Where a test injects faults into its controllers' requests; see
-/// [`TestCluster::faults`].
-pub enum Faults<'a> {
-    Emulator(&'a kube_emulator::Faults),
-    Proxy(&'a fault_proxy::Faults),
-}
-
-impl Faults<'_> {
-    /// The next `n` requests whose path starts with `path_prefix` fail with `fault`.
-    pub fn fail_next(&self, path_prefix: &str, n: usize, fault: Fault) {
-        match self {
-            Faults::Emulator(faults) => faults.fail_next(path_prefix, n, emulator_fault(fault)),
-            Faults::Proxy(faults) => faults.fail_next(path_prefix, n, fault),
-        }
-    }
-
-    /// Like [`Self::fail_next`] for one HTTP method.
-    pub fn fail_next_method(&self, method: &str, path_prefix: &str, n: usize, fault: Fault) {
-        match self {
-            Faults::Emulator(faults) => {
-                faults.fail_next_method(method, path_prefix, n, emulator_fault(fault))
-            }
-            Faults::Proxy(faults) => faults.fail_next_method(method, path_prefix, n, fault),
-        }
-    }
-}
-
-impl Faults<'_> {
-    /// How many requests met a fault so far, where the backend counts them (the
-    /// proxy does, the emulator does not).
-    pub fn injected(&self) -> Option<usize> {
-        match self {
-            Faults::Emulator(_) => None,
-            Faults::Proxy(faults) => Some(faults.injected()),
-        }
-    }
-}
-
-fn emulator_fault(fault: Fault) -> kube_emulator::Fault {
-    match fault {
-        Fault::Status(code) => kube_emulator::Fault::Status(code),
-        Fault::Hang => kube_emulator::Fault::Hang,
-    }
-}
-
 /// One test at a time per test binary on a cluster of your own: the controllers they
 /// start watch every namespace.
 static REAL_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What a [`TestCluster`] runs on.
 enum Backend {
-    Emulator(kube_emulator::Emulator),
     ControlPlane(Box<LocalCluster>),
     External(#[allow(dead_code)] tokio::sync::MutexGuard<'static, ()>),
 }
@@ -177,10 +117,36 @@ enum Backend {
 struct LocalCluster {
     // Fields drop in order: the node agent kills its Pods before the control plane
     // stops.
-    agent: NodeAgent,
+    agent: Option<NodeAgent>,
     /// Between the tests' controllers and the API server, as their identity.
     proxy: Option<FaultProxy>,
     plane: ControlPlane,
+}
+
+/// Starts node `node-1` for `plane`, running Pods from the image of the local `tally`
+/// binary, and waits until it is Ready.
+async fn start_node(plane: &ControlPlane) -> NodeAgent {
+    let client = plane.client().await.expect("an admin client");
+    let binary = tally_bin();
+    let layout = tokio::task::spawn_blocking(move || node_agent::build_image(&binary))
+        .await
+        .expect("the image build ran")
+        .unwrap_or_else(|e| panic!("the image: {e}"));
+    let ca = std::fs::read_to_string(plane.ca_path()).expect("the cluster's CA");
+    let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
+        .await
+        .unwrap_or_else(|e| panic!("the node agent: {e}"));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    crate::eventually("node-1 Ready", Duration::from_secs(60), || async {
+        let node = nodes.get("node-1").await.ok()?;
+        node.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    agent
 }
 
 /// Why the control plane backend cannot run here.
@@ -188,7 +154,8 @@ struct LocalCluster {
 struct Unavailable(String);
 
 impl LocalCluster {
-    async fn start() -> Result<Self, Unavailable> {
+    /// The control plane, and a node agent when `with_node`.
+    async fn start(with_node: bool) -> Result<Self, Unavailable> {
         if std::process::Command::new("buildah")
             .arg("--version")
             .output()
@@ -205,26 +172,11 @@ impl LocalCluster {
             }
             Err(e) => panic!("the control plane did not start: {e}"),
         };
-        let client = plane.client().await.expect("an admin client");
-        let binary = tally_bin();
-        let layout = tokio::task::spawn_blocking(move || node_agent::build_image(&binary))
-            .await
-            .expect("the image build ran")
-            .unwrap_or_else(|e| panic!("the image: {e}"));
-        let ca = std::fs::read_to_string(plane.ca_path()).expect("the cluster's CA");
-        let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
-            .await
-            .unwrap_or_else(|e| panic!("the node agent: {e}"));
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
-        crate::eventually("node-1 Ready", Duration::from_secs(60), || async {
-            let node = nodes.get("node-1").await.ok()?;
-            node.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        })
-        .await;
+        let agent = if with_node {
+            Some(start_node(&plane).await)
+        } else {
+            None
+        };
         Ok(Self {
             agent,
             proxy: None,
@@ -255,10 +207,23 @@ impl TestCluster {
         Self::start_with_crds(test, false).await
     }
 
-    /// A cluster on the API emulator whatever the environment asks, for a test of
-    /// what only the emulator offers (fault injection).
-    pub async fn start_on_emulator(test: &str) -> Self {
-        Self::prepare(fresh_namespace(test), Self::emulator_backend().await, true).await
+    /// The control plane without a node: Pods are created and never run (for the
+    /// controller benchmark, which measures the controller and the API server).
+    pub async fn start_without_nodes(test: &str) -> Self {
+        let local = LocalCluster::start(false)
+            .await
+            .unwrap_or_else(|Unavailable(why)| panic!("the control plane: {why}"));
+        let kubeconfig = local.plane.kubeconfig_path().to_path_buf();
+        Self::prepare(
+            fresh_namespace(test),
+            (
+                Backend::ControlPlane(Box::new(local)),
+                kubeconfig,
+                chart_image(),
+            ),
+            true,
+        )
+        .await
     }
 
     async fn start_with_crds(test: &str, apply_crds: bool) -> Self {
@@ -269,38 +234,21 @@ impl TestCluster {
                 kubeconfig,
                 std::env::var(IMAGE_ENV).unwrap_or_else(|_| chart_image()),
             ),
-            None if emulator_requested() => Self::emulator_backend().await,
-            None => match LocalCluster::start().await {
-                Ok(local) => {
-                    let kubeconfig = local.plane.kubeconfig_path().to_path_buf();
-                    (
-                        Backend::ControlPlane(Box::new(local)),
-                        kubeconfig,
-                        chart_image(),
-                    )
-                }
-                Err(Unavailable(why)) => {
-                    assert!(
-                        std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(),
-                        "required tool unavailable: {why}"
-                    );
-                    eprintln!("note: {why}; this test runs on the API emulator instead");
-                    Self::emulator_backend().await
-                }
-            },
+            None => {
+                let local = LocalCluster::start(true)
+                    .await
+                    .unwrap_or_else(|Unavailable(why)| {
+                        panic!("the end-to-end tests need a control plane: {why}")
+                    });
+                let kubeconfig = local.plane.kubeconfig_path().to_path_buf();
+                (
+                    Backend::ControlPlane(Box::new(local)),
+                    kubeconfig,
+                    chart_image(),
+                )
+            }
         };
         Self::prepare(namespace, backend, apply_crds).await
-    }
-
-    async fn emulator_backend() -> (Backend, PathBuf, String) {
-        let emulator = kube_emulator::Emulator::builder()
-            .image(IMAGE, tally_bin())
-            .image(chart_image(), tally_bin())
-            .start()
-            .await
-            .expect("the emulator starts");
-        let kubeconfig = emulator.kubeconfig_path().to_path_buf();
-        (Backend::Emulator(emulator), kubeconfig, IMAGE.to_string())
     }
 
     async fn prepare(
@@ -405,13 +353,11 @@ impl TestCluster {
         }
     }
 
-    /// Fault injection into the requests of the controllers this test starts: the
-    /// fault proxy on the control plane, the emulator's own on the emulator; on a
-    /// cluster of your own `None`, after saying what is skipped.
-    pub fn faults(&self) -> Option<Faults<'_>> {
+    /// Fault injection into the requests of the controllers this test starts (the
+    /// fault proxy); on a cluster of your own `None`, after saying what is skipped.
+    pub fn faults(&self) -> Option<&Faults> {
         match &self.backend {
-            Backend::Emulator(emulator) => Some(Faults::Emulator(emulator.faults())),
-            Backend::ControlPlane(local) => local.proxy.as_ref().map(|p| Faults::Proxy(p.faults())),
+            Backend::ControlPlane(local) => local.proxy.as_ref().map(FaultProxy::faults),
             Backend::External(_) => {
                 eprintln!("SKIPPED on a cluster of your own: fault injection");
                 None
@@ -422,7 +368,33 @@ impl TestCluster {
     /// The node agent running this cluster's Pods, on the control plane backend.
     pub fn node_agent(&self) -> Option<&NodeAgent> {
         match &self.backend {
-            Backend::ControlPlane(local) => Some(&local.agent),
+            Backend::ControlPlane(local) => local.agent.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The process IDs of the control plane's processes (none off that backend).
+    pub fn control_plane_pids(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::ControlPlane(local) => local
+                .plane
+                .processes()
+                .into_iter()
+                .map(|(_, pid)| pid.to_string())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The process ID of the control plane's process `name` (e.g. `kube-apiserver`).
+    pub fn control_plane_pid(&self, name: &str) -> Option<String> {
+        match &self.backend {
+            Backend::ControlPlane(local) => local
+                .plane
+                .processes()
+                .into_iter()
+                .find(|(process, _)| *process == name)
+                .map(|(_, pid)| pid.to_string()),
             _ => None,
         }
     }
@@ -453,30 +425,9 @@ impl TestCluster {
         &self.namespace
     }
 
-    /// The kubeconfig of the emulator or of the real cluster.
+    /// The cluster's admin kubeconfig.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    pub fn is_emulator(&self) -> bool {
-        self.emulator().is_some()
-    }
-
-    /// The emulator, when the test runs on it.
-    pub fn emulator(&self) -> Option<&kube_emulator::Emulator> {
-        match &self.backend {
-            Backend::Emulator(emulator) => Some(emulator),
-            _ => None,
-        }
-    }
-
-    /// The emulator, for a test (or a part of one) that needs `feature` of it; on a
-    /// real API server `None`, after saying what is skipped.
-    pub fn emulator_only(&self, feature: &str) -> Option<&kube_emulator::Emulator> {
-        if !self.is_emulator() {
-            eprintln!("SKIPPED on a real API server (emulator only): {feature}");
-        }
-        self.emulator()
     }
 
     /// The image calculation Jobs run.
@@ -526,7 +477,7 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every Tally CRD is served (at once on the emulator).
+    /// Waits until every Tally CRD is served.
     async fn wait_for_crds(&self) {
         let gvk = GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
         let deadline = std::time::Instant::now() + patience(30);
@@ -542,13 +493,9 @@ impl TestCluster {
         }
     }
 
-    /// The example's manifests for this cluster: data files by absolute host path on
-    /// the emulator (whose Pods are local processes); on a real cluster, under
-    /// [`DATA_MOUNT`], from ConfigMaps this creates and the Warehouse mounts.
+    /// The example's manifests for this cluster: the data files under [`DATA_MOUNT`],
+    /// from ConfigMaps this creates and the Warehouse mounts.
     pub async fn example_manifests(&self) -> String {
-        if self.is_emulator() {
-            return crate::example_manifests();
-        }
         let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
         for file in DATA_FILES {
             let bytes = std::fs::read(example().join("data").join(file)).expect("example data");
@@ -593,7 +540,7 @@ impl TestCluster {
 
     /// Adds what a hand-made worker Job needs on this cluster to a Job manifest: the
     /// worker ServiceAccount, the `restricted` profile's security settings (as the
-    /// controller's Jobs have them), and off the emulator the example data volume.
+    /// controller's Jobs have them), and the example data volume.
     pub fn prepare_worker_job(&self, job: &mut Value) {
         let pod = &mut job["spec"]["template"]["spec"];
         pod["serviceAccountName"] = json!(WORKER_SERVICE_ACCOUNT);
@@ -612,9 +559,6 @@ impl TestCluster {
                 });
             }
         }
-        if self.is_emulator() {
-            return;
-        }
         pod["volumes"] = json!([{
             "name": "example-data",
             "projected": {"sources": DATA_FILES.iter()
@@ -631,16 +575,13 @@ impl TestCluster {
 
     /// The plans `tally plan` makes of [`Self::example_manifests`]: what the controller
     /// would put in the example calculations' Jobs on this cluster. `tally plan` reads
-    /// the local files; off the emulator their directory becomes [`DATA_MOUNT`], where
+    /// the local files; their directory becomes [`DATA_MOUNT`], where
     /// [`Self::prepare_worker_job`] mounts the data ConfigMaps this creates.
     pub async fn example_plans(&self) -> Value {
         let file = std::env::temp_dir().join(format!("{}-example.yaml", self.namespace));
         std::fs::write(&file, crate::example_manifests()).expect("a temporary file");
         let plans = crate::tally_json(&["plan", "-f", file.to_str().expect("a UTF-8 path")]);
         let _ = std::fs::remove_file(&file);
-        if self.is_emulator() {
-            return plans;
-        }
         self.example_manifests().await;
         let local = format!("{}/data/", example().display());
         serde_json::from_str(&plans.to_string().replace(&local, &format!("{DATA_MOUNT}/")))
@@ -710,7 +651,7 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     /// On a cluster of your own, deletes the test's namespace (and so everything in
-    /// it). The emulator and the control plane go away whole with their own drops.
+    /// it). A control plane of the test's own goes away whole with its own drop.
     fn drop(&mut self) {
         if !matches!(self.backend, Backend::External(_)) {
             return;

@@ -172,6 +172,14 @@ impl ControlPlane {
         )
     }
 
+    /// The running processes: name (`etcd`, `kube-apiserver`, ...) and process ID.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.name, p.child.id()))
+            .collect()
+    }
+
     /// A client of the admin kubeconfig.
     pub async fn client(&self) -> Result<Client> {
         admin_client(&self.kubeconfig).await

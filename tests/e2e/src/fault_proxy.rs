@@ -6,7 +6,7 @@
 //! [`kube::Client`] of its own, so the upstream identity (TLS, a ServiceAccount
 //! token) is the client's: a process pointed at the proxy is authorized as that
 //! client is. Requests matching a rule are answered by the rule instead; the newest
-//! matching rule wins, as in the emulator.
+//! matching rule wins.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,9 +1,10 @@
-//! Helpers for Tally's end-to-end tests and benchmarks: the `tally` binary, an API
-//! emulator that runs it as the worker image, and result comparison.
+//! Helpers for Tally's end-to-end tests and benchmarks: the `tally` binary, a real
+//! Kubernetes control plane ([`control_plane`]) with a node agent that runs Pods from
+//! Tally's image ([`node_agent`]), a fault-injecting proxy in front of the API server
+//! ([`fault_proxy`]), and result comparison.
 //!
-//! Tests written with [`TestCluster`] run on the emulator, or on the real cluster of
-//! `TALLY_E2E_KUBECONFIG` (see [`cluster`]). Tests written with [`start_emulator`] run
-//! on the emulator either way.
+//! Tests written with [`TestCluster`] run on a control plane of their own, or on the
+//! cluster of `TALLY_E2E_KUBECONFIG` (see [`cluster`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -16,9 +17,6 @@ pub use cluster::{TestCluster, patience, real_cluster_kubeconfig};
 
 use kube::Client;
 use serde_json::Value;
-
-/// The image calculation Jobs use in these tests; the emulator maps it to `tally`.
-pub const IMAGE: &str = "ghcr.io/example/tally:dev";
 
 /// The `tally` binary: `TALLY_BIN`, else the one built next to this test's target
 /// directory (debug, or release for benchmarks).
@@ -65,29 +63,6 @@ pub fn crds() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crds")
 }
 
-/// An emulator that runs `worker_executable` for [`IMAGE`] (normally `tally`), with
-/// Tally's CRDs applied, and a client for it. Always the emulator: for a test that
-/// should also run on a real cluster, use [`TestCluster`].
-pub async fn start_emulator(worker_executable: &Path) -> (kube_emulator::Emulator, Client) {
-    if real_cluster_kubeconfig().is_some() {
-        eprintln!("note: this test runs on the emulator only (it uses start_emulator)");
-    }
-    let emulator = kube_emulator::Emulator::builder()
-        .image(IMAGE, worker_executable)
-        .start()
-        .await
-        .expect("the emulator starts");
-    emulator.apply_path(crds()).expect("the CRDs apply");
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(emulator.kubeconfig_path()).expect("its kubeconfig"),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("a client config");
-    let client = Client::try_from(config).expect("a client");
-    (emulator, client)
-}
-
 /// Asserts two results are equal: numbers within 1e-9 relative (DuckDB's parallel
 /// sums differ in the last bits between runs), everything else exactly.
 pub fn assert_close(path: &str, expected: &Value, actual: &Value) {
@@ -116,11 +91,6 @@ pub fn assert_close(path: &str, expected: &Value, actual: &Value) {
         }
         _ => assert_eq!(expected, actual, "{path}"),
     }
-}
-
-/// Waits (up to 30 s) until a Pod of the Job `job` runs: its worker has started.
-pub async fn wait_for_running_pod(client: &Client, job: &str) {
-    wait_for_running_pod_in(client, "default", job, std::time::Duration::from_secs(30)).await
 }
 
 /// Waits (up to `timeout`) until a Pod of the Job `job` in `namespace` runs.
@@ -186,18 +156,10 @@ pub fn printed_status(calculation: &str) -> Value {
         .unwrap_or_else(|| panic!("tally run printed no {calculation}"))
 }
 
-/// A `tally controller` process against the emulator; killed when dropped.
+/// A `tally controller` process; killed when dropped.
 pub struct ControllerProcess(std::process::Child);
 
 impl ControllerProcess {
-    pub fn start(emulator: &kube_emulator::Emulator) -> Self {
-        // The schedule tests fire every few seconds.
-        Self::start_with(
-            emulator.kubeconfig_path(),
-            &["--worker-image", IMAGE, "--min-schedule-interval", "1s"],
-        )
-    }
-
     /// `tally controller ARGS` against the cluster of `kubeconfig`.
     pub fn start_with(kubeconfig: &Path, args: &[&str]) -> Self {
         Self::start_with_env(kubeconfig, args, &[])
@@ -215,6 +177,11 @@ impl ControllerProcess {
             .spawn()
             .expect("the controller starts");
         Self(child)
+    }
+
+    /// Its process ID.
+    pub fn id(&self) -> u32 {
+        self.0.id()
     }
 
     /// Its exit status, once it exited within `timeout`.
@@ -246,23 +213,6 @@ impl Drop for ControllerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// An API for a Tally kind in namespace `default`, untyped (what `kubectl` sees).
-pub fn tally_api(client: &Client, kind: &str) -> kube::Api<kube::api::DynamicObject> {
-    let gvk = kube::core::GroupVersionKind::gvk("tally.dev", "v1alpha1", kind);
-    kube::Api::namespaced_with(
-        client.clone(),
-        "default",
-        &kube::core::ApiResource::from_gvk(&gvk),
-    )
-}
-
-/// Runs `tally` with `args` against the emulator (e.g. `cancel smc/NAME`) and returns
-/// its standard output; panics when it fails. Async: the emulator serving the
-/// command runs on the test's own runtime.
-pub async fn tally_cli(emulator: &kube_emulator::Emulator, args: &[&str]) -> String {
-    tally_cli_with(emulator.kubeconfig_path(), args).await
 }
 
 /// Runs `tally ARGS` against the cluster of `kubeconfig`; its standard output, or a

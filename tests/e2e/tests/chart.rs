@@ -1,8 +1,9 @@
 //! The Helm chart (`charts/tally`): rendered by Helm's Go SDK (PyPI
 //! `helm-python-sdk`, through `tests/e2e/helm.py`), linted, validated against
 //! Kubernetes' schemas with `kubernetes-validate --strict`, and installed with
-//! `helm install` on the API emulator (or the real cluster of `TALLY_E2E_KUBECONFIG`),
-//! where its Deployment runs the controller that completes the example calculations.
+//! `helm install` on a real control plane (or the cluster of `TALLY_E2E_KUBECONFIG`),
+//! where its Deployment's Pod runs the controller from Tally's image, as the chart's
+//! ServiceAccount, and completes the example calculations.
 
 use std::time::{Duration, Instant};
 
@@ -489,12 +490,11 @@ where
     }
 }
 
-/// A Helm release, uninstalled when dropped (on the emulator it goes with it).
+/// A Helm release, uninstalled when dropped.
 struct Release {
     kubeconfig: String,
     name: String,
     namespace: String,
-    storage: &'static str,
 }
 
 impl Release {
@@ -503,13 +503,6 @@ impl Release {
             kubeconfig: cluster.kubeconfig_path().to_str().unwrap().to_string(),
             name: name.to_string(),
             namespace: cluster.namespace().to_string(),
-            // The emulator takes no protobuf, which Helm's Secret release storage
-            // sends: there the release record stays in Helm's memory.
-            storage: if cluster.is_emulator() {
-                "memory"
-            } else {
-                "secret"
-            },
         };
         let chart = chart_dir();
         let installed = tally_e2e::helm_json(&[
@@ -521,8 +514,6 @@ impl Release {
             &release.name,
             "--namespace",
             &release.namespace,
-            "--storage",
-            release.storage,
             "--values",
             &values.to_string(),
         ])?;
@@ -533,9 +524,6 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
-        if self.storage == "memory" {
-            return;
-        }
         let _ = tally_e2e::helm(&[
             "uninstall",
             "--kubeconfig",
@@ -548,14 +536,15 @@ impl Drop for Release {
     }
 }
 
-// Two threads: the emulator serves while a helper process (Helm) blocks one.
+// Two threads: the fault proxy serves the controller while a helper process (Helm)
+// blocks one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_runs_the_controller_that_completes_calculations() {
     // Helm installs the CRDs from the chart's crds/.
     let cluster = TestCluster::start_without_crds("helm-install").await;
     let namespace = cluster.namespace().to_string();
-    // The chart's controller and Jobs run the tests' image (on the emulator, mapped
-    // to the `tally` binary); cluster-wide names are unique to this test.
+    // The chart's controller and Jobs run the tests' image (the node agent's, built
+    // from the local `tally`); cluster-wide names are unique to this test.
     let image = cluster.worker_image().to_string();
     let (repository, tag) = image.rsplit_once(':').expect("an image with a tag");
     let Some(_release) = Release::install(

@@ -133,7 +133,7 @@ async fn copy_calculation(cluster: &TestCluster, from: &str, name: &str) {
         .unwrap();
 }
 
-// Two threads: the test's own Lease renewals must not wait behind the emulator.
+// Two threads: the test's own Lease renewals must not wait behind the fault proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_lease_holder_reconciles_and_leadership_passes_on() {
     let cluster = TestCluster::start("leader-election").await;

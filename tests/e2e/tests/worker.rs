@@ -1,4 +1,4 @@
-//! `tally worker` as a Job on the API emulator (or the real cluster of
+//! `tally worker` as a Job on a real control plane (or the cluster of
 //! `TALLY_E2E_KUBECONFIG`, see `tally_e2e::cluster`): the Job contract of DESIGN §4.
 
 use std::time::{Duration, Instant};
