@@ -85,6 +85,8 @@ enum Command {
         election: ElectionArgs,
         #[command(flatten)]
         policy: Box<PolicyArgs>,
+        #[command(flatten)]
+        resources: Box<WorkerResourceArgs>,
         /// Serve /healthz, /readyz and /metrics (Prometheus) on this address: HOST:PORT,
         /// or :PORT for every interface.
         #[arg(long, env = "TALLY_HTTP_ADDRESS")]
@@ -160,6 +162,32 @@ impl PolicyArgs {
     }
 }
 
+/// The worker container's requests and limits, unless a Warehouse sets
+/// `job.resources`. An empty value leaves that one out. DuckDB's `memory_limit` and
+/// `threads` follow the limits.
+#[derive(clap::Args)]
+struct WorkerResourceArgs {
+    #[arg(long, env = "TALLY_WORKER_CPU_REQUEST", default_value = tally::controller::DEFAULT_CPU_REQUEST)]
+    worker_cpu_request: String,
+    #[arg(long, env = "TALLY_WORKER_MEMORY_REQUEST", default_value = tally::controller::DEFAULT_MEMORY_REQUEST)]
+    worker_memory_request: String,
+    #[arg(long, env = "TALLY_WORKER_CPU_LIMIT", default_value = "")]
+    worker_cpu_limit: String,
+    #[arg(long, env = "TALLY_WORKER_MEMORY_LIMIT", default_value = tally::controller::DEFAULT_MEMORY_LIMIT)]
+    worker_memory_limit: String,
+}
+
+impl WorkerResourceArgs {
+    fn requirements(&self) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        tally::controller::resource_requirements(
+            &self.worker_cpu_request,
+            &self.worker_memory_request,
+            &self.worker_cpu_limit,
+            &self.worker_memory_limit,
+        )
+    }
+}
+
 /// Leader election, so that several replicas of the controller can run.
 #[derive(clap::Args)]
 struct ElectionArgs {
@@ -202,11 +230,13 @@ fn main() -> ExitCode {
             log_format,
             election,
             policy,
+            resources,
             http_address,
         } => {
             return controller(
                 worker_image,
                 worker_service_account,
+                resources.requirements(),
                 tally::controller::Limits {
                     concurrency,
                     min_schedule_interval: min_schedule_interval.as_signed(),
@@ -292,9 +322,11 @@ fn worker() -> ExitCode {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn controller(
     image: Option<String>,
     service_account: Option<String>,
+    worker_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     limits: tally::controller::Limits,
     format: LogFormat,
     election: ElectionArgs,
@@ -327,6 +359,7 @@ fn controller(
         }
         defaults.service_account_name = service_account;
         defaults.policy = policy.policy();
+        defaults.resources = worker_resources;
         let stop = tally::controller::Stop::on_signal();
         let metrics = std::sync::Arc::new(tally::controller::telemetry::Metrics::default());
         if let Some(address) = http_address {

@@ -53,6 +53,31 @@ pub struct Manifests {
 
 /// Loads every `.yaml`, `.yml` and `.json` file in `paths` (directories recursively,
 /// in name order). Resources of other API groups are skipped.
+/// Why `name` is not a Kubernetes object name (an RFC 1123 subdomain of at most `max`
+/// characters: lowercase letters, digits, '-' and '.', starting and ending with a
+/// letter or digit), or `None` when it is one.
+pub fn dns_name_problem(name: &str, max: usize) -> Option<String> {
+    if name.len() > max {
+        return Some(format!("{name:?} is longer than {max} characters"));
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let alphanumeric =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !name.chars().all(allowed)
+        || !alphanumeric(name.chars().next())
+        || !alphanumeric(name.chars().last())
+        || name
+            .split('.')
+            .any(|label| !alphanumeric(label.chars().next()) || !alphanumeric(label.chars().last()))
+    {
+        return Some(format!(
+            "{name:?} is not a valid name: use lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit"
+        ));
+    }
+    None
+}
+
 pub fn load(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
     let mut files = Vec::new();
     for path in paths {
@@ -191,6 +216,23 @@ impl Manifests {
         if name.is_empty() {
             return Err(invalid("metadata.name", "is required".into()));
         }
+        // What the API server refuses, refused here too: a manifest that runs with
+        // `tally run` must apply to a cluster.
+        if let Some(problem) = dns_name_problem(&name, 253) {
+            return Err(invalid("metadata.name", problem));
+        }
+        if let Some(namespace) = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            && let Some(problem) = dns_name_problem(namespace, 63).or_else(|| {
+                namespace
+                    .contains('.')
+                    .then(|| "may not contain '.'".to_string())
+            })
+        {
+            return Err(invalid("metadata.namespace", problem));
+        }
         // What kubectl's strict field validation refuses: a misspelt field would
         // otherwise be dropped, and a different metric computed without a word.
         if let Ok(object) = serde_json::to_value(&value)
@@ -325,5 +367,53 @@ impl Manifests {
     /// The catalog of a namespace, if anything was loaded into it.
     pub fn catalog(&self, namespace: &str) -> Option<&Catalog> {
         self.catalogs.get(namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_as_the_api_server_checks_them() {
+        for good in ["checkout", "checkout-revenue-2", "a.b-c.d", "0"] {
+            assert_eq!(dns_name_problem(good, 253), None, "{good}");
+        }
+        for bad in [
+            "Checkout",
+            "checkout_revenue",
+            "-a",
+            "a-",
+            "a..b",
+            "a.-b",
+            "ä",
+            "",
+        ] {
+            assert!(dns_name_problem(bad, 253).is_some(), "{bad:?}");
+        }
+        assert!(dns_name_problem(&"a".repeat(254), 253).is_some());
+        assert_eq!(dns_name_problem(&"a".repeat(63), 63), None);
+    }
+
+    #[test]
+    fn tally_run_refuses_a_name_the_api_server_would() {
+        let mut manifests = Manifests::default();
+        let error = manifests
+            .add_text(
+                Path::new("m.yaml"),
+                "apiVersion: tally.dev/v1alpha1\nkind: Metric\nmetadata: {name: Revenue_Total}\nspec: {type: Average}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("metadata.name"), "{error}");
+        assert!(error.contains("Revenue_Total"), "{error}");
+        let error = manifests
+            .add_text(
+                Path::new("m.yaml"),
+                "apiVersion: tally.dev/v1alpha1\nkind: Metric\nmetadata: {name: revenue, namespace: Team.A}\nspec: {type: Average}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("metadata.namespace"), "{error}");
     }
 }

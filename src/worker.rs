@@ -25,6 +25,15 @@ pub const PLAN_ENV: &str = "TALLY_PLAN";
 /// The Job's name and namespace (from the downward API).
 pub const JOB_NAME_ENV: &str = "TALLY_JOB_NAME";
 pub const NAMESPACE_ENV: &str = "TALLY_NAMESPACE";
+/// The worker container's memory limit in bytes and its CPU limit in whole cores
+/// (from the downward API; the node's allocatable amounts when the container has no
+/// limit), which DuckDB's `memory_limit` and `threads` follow unless the Warehouse
+/// sets them.
+pub const MEMORY_LIMIT_ENV: &str = "TALLY_MEMORY_LIMIT";
+pub const CPU_LIMIT_ENV: &str = "TALLY_CPU_LIMIT";
+/// The share of the container's memory DuckDB may use: the rest is the worker's own,
+/// the allocator's slack and the result.
+const DUCKDB_MEMORY_SHARE: f64 = 0.75;
 /// Where to write the failure reason; Kubernetes reads `/dev/termination-log`.
 pub const TERMINATION_LOG_ENV: &str = "TALLY_TERMINATION_LOG";
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
@@ -189,12 +198,41 @@ async fn execute(
     Ok(result?)
 }
 
+/// Fits DuckDB to the container it runs in: without these, DuckDB takes 80% of the
+/// node's memory and a thread per node core, and the container is killed or
+/// throttled. Settings the Warehouse gives are kept.
+pub fn fit_to_container(
+    settings: &mut crate::api::DuckDbSettings,
+    memory_limit: Option<&str>,
+    cpu_limit: Option<&str>,
+) {
+    if settings.memory_limit.is_none()
+        && let Some(bytes) = memory_limit.and_then(|v| v.trim().parse::<u64>().ok())
+        && bytes > 0
+    {
+        let mib = ((bytes as f64 * DUCKDB_MEMORY_SHARE) / (1024.0 * 1024.0)).floor() as u64;
+        settings.memory_limit = Some(format!("{}MiB", mib.max(1)));
+    }
+    if settings.threads.is_none()
+        && let Some(cores) = cpu_limit.and_then(|v| v.trim().parse::<u32>().ok())
+        && cores > 0
+    {
+        settings.threads = Some(cores.min(crate::api::MAX_DUCKDB_THREADS));
+    }
+}
+
 pub async fn run() -> Result<(), WorkerError> {
     // First of all, so that a SIGTERM in the worker's first moments (a cancel right
     // after the Pod started) is seen and stops the query before or as it starts.
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| WorkerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
-    let plan: CalculationPlan = serde_json::from_str(&env(PLAN_ENV)?).map_err(WorkerError::Plan)?;
+    let mut plan: CalculationPlan =
+        serde_json::from_str(&env(PLAN_ENV)?).map_err(WorkerError::Plan)?;
+    fit_to_container(
+        &mut plan.engine.duckdb,
+        std::env::var(MEMORY_LIMIT_ENV).ok().as_deref(),
+        std::env::var(CPU_LIMIT_ENV).ok().as_deref(),
+    );
     let job_name = env(JOB_NAME_ENV)?;
     let namespace = env(NAMESPACE_ENV)?;
     tracing::info!(calculation = %plan.calculation, job = %job_name, "running the calculation");
@@ -344,5 +382,33 @@ mod tests {
             message.contains("split dimension user has 50000 values"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn duckdb_fits_the_container_unless_the_warehouse_says_otherwise() {
+        use crate::api::DuckDbSettings;
+        let mut settings = DuckDbSettings::default();
+        // 2 GiB and 3 cores (the downward API gives bytes and whole cores).
+        fit_to_container(&mut settings, Some("2147483648"), Some("3"));
+        assert_eq!(settings.memory_limit.as_deref(), Some("1536MiB"));
+        assert_eq!(settings.threads, Some(3));
+
+        let mut own = DuckDbSettings {
+            memory_limit: Some("4GB".into()),
+            threads: Some(8),
+            ..DuckDbSettings::default()
+        };
+        fit_to_container(&mut own, Some("2147483648"), Some("3"));
+        assert_eq!(own.memory_limit.as_deref(), Some("4GB"));
+        assert_eq!(own.threads, Some(8));
+
+        // Outside a Job (no variables) or with nonsense, DuckDB's own defaults.
+        let mut bare = DuckDbSettings::default();
+        fit_to_container(&mut bare, None, Some("lots"));
+        assert_eq!(bare.memory_limit, None);
+        assert_eq!(bare.threads, None);
+        // A huge node without a limit: the CRD's maximum.
+        fit_to_container(&mut bare, None, Some("100000"));
+        assert_eq!(bare.threads, Some(crate::api::MAX_DUCKDB_THREADS));
     }
 }

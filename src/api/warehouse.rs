@@ -36,6 +36,9 @@ pub enum Engine {
     DuckDb,
 }
 
+/// The most DuckDB threads a calculation may ask for.
+pub const MAX_DUCKDB_THREADS: u32 = 256;
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DuckDbSettings {
@@ -53,11 +56,15 @@ pub struct DuckDbSettings {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 1024)))]
     pub data_directories: Vec<String>,
-    /// DuckDB `threads` setting for a calculation; defaults to the number of cores.
+    /// DuckDB `threads` setting for a calculation. Default: in calculation Jobs, the
+    /// worker container's CPU limit in whole cores (the node's cores without one); in
+    /// `tally run`, the machine's cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 256))]
+    #[schemars(range(min = 1, max = MAX_DUCKDB_THREADS))]
     pub threads: Option<u32>,
-    /// DuckDB `memory_limit` setting, e.g. `4GB`.
+    /// DuckDB `memory_limit` setting, e.g. `4GB`. Default: in calculation Jobs, 75% of
+    /// the worker container's memory limit; in `tally run`, DuckDB's own (80% of the
+    /// machine's memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<String>,
     /// Where DuckDB writes what does not fit in memory. Default: in calculation Jobs,

@@ -16,6 +16,9 @@ pub enum JobState {
     /// No Job of this name exists.
     Missing,
     Running,
+    /// It exists, but its Pod cannot be created (a quota, an admission webhook, Pod
+    /// Security): the message of the Job controller's `FailedCreate` Event.
+    PodsNotCreated(String),
     /// Completed; the result ConfigMap's content, or why it could not be read.
     Succeeded(Result<CalculationResult, String>),
     /// Failed after its retries; the worker's termination message.
@@ -50,6 +53,9 @@ pub struct Observed {
     pub missing_service_account: Option<MissingServiceAccount>,
     /// Why the controller's Job policy refuses the Warehouse's Job settings.
     pub job_refused: Option<String>,
+    /// Why the API server refused to create the Job (a 4xx other than a conflict:
+    /// a quota, an admission webhook, an invalid volume), after trying.
+    pub job_create_refused: Option<String>,
     /// When the calculation was created.
     pub created: Option<Timestamp>,
     pub now: Timestamp,
@@ -166,6 +172,18 @@ fn running(o: &Observed, plan: Option<&CalculationPlan>) -> MetricCalculationSta
     status
 }
 
+/// The reason of a calculation whose Job exists without its Pod.
+const PODS_NOT_CREATED: &str = "PodsNotCreated";
+
+/// The reason of the calculation's `Running` condition, when it holds.
+fn running_reason(o: &Observed) -> Option<&str> {
+    o.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Running" && c.status == "True")
+        .map(|c| c.reason.as_str())
+}
+
 fn event(reason: &'static str, note: impl Into<String>) -> Action {
     Action::Event {
         warning: false,
@@ -260,8 +278,8 @@ pub fn decide(o: &Observed) -> Vec<Action> {
     let job_finished = matches!(o.job, JobState::Succeeded(_) | JobState::Failed(_));
     if (o.cancel_requested || state == CalculationState::Cancelling) && !job_finished {
         match (&o.job, state) {
-            (JobState::Running, CalculationState::Cancelling) => {}
-            (JobState::Running, _) => actions.extend([
+            (JobState::Running | JobState::PodsNotCreated(_), CalculationState::Cancelling) => {}
+            (JobState::Running | JobState::PodsNotCreated(_), _) => actions.extend([
                 Action::DeleteJob(o.job_name.clone()),
                 set(transition(
                     o,
@@ -340,6 +358,31 @@ pub fn decide(o: &Observed) -> Vec<Action> {
             if state == CalculationState::Running
                 && o.status.sql_job.as_deref() == Some(o.job_name.as_str()) =>
         {
+            // Its Pod could not be created before and now could: say it runs again.
+            if running_reason(o) == Some(PODS_NOT_CREATED) {
+                let mut status = running(o, None);
+                status.start_time.get_or_insert(Time(o.now));
+                actions.extend([
+                    set(status),
+                    event("Running", format!("the Job {} has its Pod now", o.job_name)),
+                ]);
+            }
+            return actions;
+        }
+        JobState::PodsNotCreated(reason) => {
+            // The Job stays: the Job controller retries, and it runs once the cause is
+            // gone (a quota raised). Until then the calculation says why it does not.
+            let message = format!("the Job {} cannot create its Pod: {reason}", o.job_name);
+            let mut status = transition(o, CalculationState::Running, PODS_NOT_CREATED, &message);
+            status.sql_job = Some(o.job_name.clone());
+            status.start_time.get_or_insert(Time(o.now));
+            if status != o.status {
+                // Warned once, when it first happens; the message may change later.
+                if running_reason(o) != Some(PODS_NOT_CREATED) {
+                    actions.push(warning(PODS_NOT_CREATED, message));
+                }
+                actions.push(set(status));
+            }
             return actions;
         }
         JobState::Running => {
@@ -430,6 +473,18 @@ pub fn decide(o: &Observed) -> Vec<Action> {
         }
         return actions;
     }
+    if let Some(refusal) = &o.job_create_refused {
+        // Retried on the Pending requeue: a quota may free up, a webhook may change.
+        let message = format!(
+            "the API server refused to create the Job {}: {refusal}",
+            o.job_name
+        );
+        let status = transition(o, CalculationState::Pending, "JobCreateRefused", &message);
+        if status != o.status {
+            actions.extend([set(status), warning("JobCreateRefused", message)]);
+        }
+        return actions;
+    }
     if let Some(account) = &o.missing_service_account {
         // Its Pods could not be created: the Job would sit until its deadline.
         let message = format!(
@@ -502,6 +557,7 @@ mod tests {
             origin: None,
             missing_service_account: None,
             job_refused: None,
+            job_create_refused: None,
             created: None,
             now: "2026-11-23T00:00:00Z".parse().unwrap(),
         }
@@ -987,6 +1043,83 @@ mod tests {
             decide(&again)
                 .iter()
                 .any(|a| matches!(a, Action::CreateJob(_)))
+        );
+    }
+
+    fn warned(actions: &[Action], reason: &str) -> bool {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Event { warning: true, reason: r, .. } if *r == reason))
+    }
+
+    fn condition_reason(status: &MetricCalculationStatus, type_: &str) -> String {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_job_the_api_server_refuses_holds_the_calculation_pending_with_its_message() {
+        let mut o = observed(None, None, JobState::Missing);
+        o.job_create_refused = Some("jobs \"calc-1\" is forbidden: exceeded quota: no-jobs".into());
+        let actions = decide(&o);
+        assert_eq!(summary(&actions), (Some(Pending), false, false));
+        assert!(warned(&actions, "JobCreateRefused"));
+        let status = status_of(&actions);
+        assert_eq!(condition_reason(status, "Ready"), "JobCreateRefused");
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(
+            ready.message.contains("exceeded quota"),
+            "{}",
+            ready.message
+        );
+        // Said once.
+        let mut again = o.clone();
+        again.status = status.clone();
+        assert!(decide(&again).is_empty());
+        // On the next reconcile the Job is tried again.
+        again.job_create_refused = None;
+        assert_eq!(summary(&decide(&again)), (Some(Running), true, false));
+    }
+
+    #[test]
+    fn a_job_whose_pod_cannot_be_created_says_why_until_it_can() {
+        let created = observed(None, None, JobState::Missing);
+        let running = status_of(&decide(&created)).clone();
+        let mut o = observed(
+            Some(Running),
+            Some(1),
+            JobState::PodsNotCreated("pods \"calc-1-x\" is forbidden: exceeded quota".into()),
+        );
+        o.status = running;
+        let actions = decide(&o);
+        assert_eq!(summary(&actions), (Some(Running), false, false));
+        assert!(warned(&actions, "PodsNotCreated"));
+        let status = status_of(&actions);
+        assert_eq!(condition_reason(status, "Running"), "PodsNotCreated");
+        assert_eq!(status.sql_job.as_deref(), Some("calc-1"));
+        // Warned once.
+        let mut again = o.clone();
+        again.status = status.clone();
+        assert!(decide(&again).is_empty());
+        // Cancel still deletes the Job.
+        let mut cancel = again.clone();
+        cancel.cancel_requested = true;
+        assert_eq!(summary(&decide(&cancel)), (Some(Cancelling), false, true));
+        // Once its Pod is created, it runs as any other.
+        again.job = JobState::Running;
+        let actions = decide(&again);
+        assert_eq!(summary(&actions), (Some(Running), false, false));
+        assert_eq!(
+            condition_reason(status_of(&actions), "Running"),
+            "JobCreated"
         );
     }
 

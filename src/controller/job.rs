@@ -10,15 +10,19 @@ use k8s_openapi::api::{
     },
     core::v1::{
         Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-        PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Volume,
-        VolumeMount,
+        PodSecurityContext, PodSpec, PodTemplateSpec, ResourceFieldSelector, ResourceRequirements,
+        SeccompProfile, SecurityContext, Volume, VolumeMount,
     },
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
 use crate::api::{JobSettings, MetricCalculation};
 use crate::plan::CalculationPlan;
-use crate::worker::{JOB_NAME_ENV, NAMESPACE_ENV, PERMANENT_FAILURE_EXIT_CODE, PLAN_ENV};
+use crate::worker::{
+    CPU_LIMIT_ENV, JOB_NAME_ENV, MEMORY_LIMIT_ENV, NAMESPACE_ENV, PERMANENT_FAILURE_EXIT_CODE,
+    PLAN_ENV,
+};
 
 pub const CALCULATION_LABEL: &str = "tally.dev/calculation";
 
@@ -32,6 +36,36 @@ pub struct JobDefaults {
     pub backoff_limit: i32,
     pub active_deadline_seconds: i64,
     pub ttl_seconds_after_finished: i32,
+    /// The worker container's requests and limits unless the Warehouse sets
+    /// `job.resources`: without a limit DuckDB sizes itself to the whole node.
+    pub resources: ResourceRequirements,
+}
+
+/// `--worker-*-request`/`--worker-*-limit` defaults (the chart's `worker.resources`).
+pub const DEFAULT_CPU_REQUEST: &str = "250m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "512Mi";
+pub const DEFAULT_MEMORY_LIMIT: &str = "2Gi";
+
+/// Requests and limits from quantities; an empty one is left out.
+pub fn resource_requirements(
+    cpu_request: &str,
+    memory_request: &str,
+    cpu_limit: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
+    let quantities = |pairs: [(&str, &str); 2]| {
+        let map: BTreeMap<String, Quantity> = pairs
+            .iter()
+            .filter(|(_, value)| !value.trim().is_empty())
+            .map(|(name, value)| (name.to_string(), Quantity(value.trim().to_string())))
+            .collect();
+        (!map.is_empty()).then_some(map)
+    };
+    ResourceRequirements {
+        requests: quantities([("cpu", cpu_request), ("memory", memory_request)]),
+        limits: quantities([("cpu", cpu_limit), ("memory", memory_limit)]),
+        ..ResourceRequirements::default()
+    }
 }
 
 impl Default for JobDefaults {
@@ -43,7 +77,30 @@ impl Default for JobDefaults {
             backoff_limit: 2,
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 7 * 24 * 3600,
+            resources: resource_requirements(
+                DEFAULT_CPU_REQUEST,
+                DEFAULT_MEMORY_REQUEST,
+                "",
+                DEFAULT_MEMORY_LIMIT,
+            ),
         }
+    }
+}
+
+/// An environment variable holding one of the worker container's limits (the
+/// downward API gives the node's allocatable amount when there is no limit).
+fn limit_env(name: &str, resource: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some(WORKER_CONTAINER.into()),
+                resource: resource.into(),
+                ..ResourceFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 
@@ -144,6 +201,8 @@ pub fn build_job(
             }),
             ..EnvVar::default()
         },
+        limit_env(MEMORY_LIMIT_ENV, "limits.memory"),
+        limit_env(CPU_LIMIT_ENV, "limits.cpu"),
     ];
     let container = Container {
         name: WORKER_CONTAINER.into(),
@@ -155,7 +214,12 @@ pub fn build_job(
         ),
         args: Some(vec!["worker".into()]),
         env: Some(env),
-        resources: settings.resources.clone(),
+        resources: Some(
+            settings
+                .resources
+                .clone()
+                .unwrap_or_else(|| defaults.resources.clone()),
+        ),
         volume_mounts: Some(
             settings
                 .volume_mounts
@@ -349,5 +413,87 @@ mod tests {
             ignore.on_pod_conditions.as_ref().unwrap()[0].type_,
             "DisruptionTarget"
         );
+    }
+
+    #[test]
+    fn a_worker_gets_default_requests_and_a_memory_limit_and_reads_its_limits() {
+        let job = build_job(
+            &calculation(),
+            &plan(),
+            &JobSettings::default(),
+            &JobDefaults::default(),
+        )
+        .unwrap();
+        let container = &job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let resources = container.resources.as_ref().unwrap();
+        let get = |map: &Option<BTreeMap<String, Quantity>>, key: &str| {
+            map.as_ref().and_then(|m| m.get(key)).map(|q| q.0.clone())
+        };
+        assert_eq!(
+            get(&resources.requests, "cpu").as_deref(),
+            Some(DEFAULT_CPU_REQUEST)
+        );
+        assert_eq!(
+            get(&resources.requests, "memory").as_deref(),
+            Some(DEFAULT_MEMORY_REQUEST)
+        );
+        assert_eq!(
+            get(&resources.limits, "memory").as_deref(),
+            Some(DEFAULT_MEMORY_LIMIT)
+        );
+        assert_eq!(get(&resources.limits, "cpu"), None);
+        // The worker learns its limits from the downward API.
+        let env = container.env.as_ref().unwrap();
+        for (name, resource) in [
+            (MEMORY_LIMIT_ENV, "limits.memory"),
+            (CPU_LIMIT_ENV, "limits.cpu"),
+        ] {
+            let field = env
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref()?.resource_field_ref.as_ref())
+                .unwrap_or_else(|| panic!("no {name}"));
+            assert_eq!(field.resource, resource);
+            assert_eq!(
+                field.container_name.as_deref(),
+                Some(container.name.as_str())
+            );
+        }
+        // A Warehouse's own resources replace the defaults.
+        let own: JobSettings = serde_json::from_value(serde_json::json!({
+            "resources": {"limits": {"cpu": "4", "memory": "16Gi"}},
+        }))
+        .unwrap();
+        let job = build_job(&calculation(), &plan(), &own, &JobDefaults::default()).unwrap();
+        let container = &job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        let resources = container.resources.as_ref().unwrap();
+        assert_eq!(get(&resources.limits, "memory").as_deref(), Some("16Gi"));
+        assert_eq!(get(&resources.requests, "cpu"), None);
+    }
+
+    #[test]
+    fn resource_requirements_leave_out_empty_quantities() {
+        let resources = resource_requirements("1", "", "", "");
+        assert_eq!(
+            resources.requests.unwrap().keys().collect::<Vec<_>>(),
+            ["cpu"]
+        );
+        assert!(resources.limits.is_none());
     }
 }

@@ -43,7 +43,10 @@ pub use readiness::DataWait;
 
 use backoff::Backoff;
 use events::EventPublisher;
-pub use job::{CALCULATION_LABEL, JobDefaults, build_job, job_name};
+pub use job::{
+    CALCULATION_LABEL, DEFAULT_CPU_REQUEST, DEFAULT_MEMORY_LIMIT, DEFAULT_MEMORY_REQUEST,
+    JobDefaults, build_job, job_name, resource_requirements,
+};
 pub use job_policy::{DEFAULT_VOLUME_TYPES, JobPolicy};
 
 use crate::api::{
@@ -264,19 +267,87 @@ async fn job_result(
     ))
 }
 
-/// The state of the Job `name` that the calculation with `owner` uid created;
-/// `created` says whether the calculation's status records creating it.
+/// The state of the Job `name` that the calculation with `owner` uid created, and
+/// whether it is a Job still without a Pod; `created` says whether the calculation's
+/// status records creating it.
 async fn job_state(
     client: &Client,
     namespace: &str,
     name: &str,
     owner: Option<&str>,
     created: bool,
-) -> Result<JobState, kube::Error> {
+) -> Result<(JobState, bool), kube::Error> {
     let Some(job) = Api::<Job>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await?
     else {
+        return Ok((
+            state_of_job(client, namespace, name, owner, created, None).await?,
+            false,
+        ));
+    };
+    let state = state_of_job(client, namespace, name, owner, created, Some(&job)).await?;
+    if state != JobState::Running || has_pods(&job) {
+        return Ok((state, false));
+    }
+    // A Job whose Pod cannot be created changes not at all: only its Events say why.
+    let failure = match job.metadata.uid.as_deref() {
+        Some(uid) => pod_create_failure(client, namespace, name, uid).await,
+        None => None,
+    };
+    Ok((
+        failure.map_or(JobState::Running, JobState::PodsNotCreated),
+        true,
+    ))
+}
+
+/// Whether the Job has (or had) a Pod.
+fn has_pods(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|s| {
+        [s.active, s.ready, s.succeeded, s.failed, s.terminating]
+            .iter()
+            .any(|count| count.unwrap_or(0) > 0)
+    })
+}
+
+/// The message of the newest `FailedCreate` Event of the Job with `uid`: why the Job
+/// controller cannot create its Pod. `None` when there is none, or the Events cannot be
+/// read (then the calculation just stays Running, as before this check).
+async fn pod_create_failure(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    uid: &str,
+) -> Option<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let selector = format!(
+        "involvedObject.kind=Job,involvedObject.name={job},involvedObject.uid={uid},reason=FailedCreate"
+    );
+    match events.list(&ListParams::default().fields(&selector)).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .max_by_key(|e| {
+                (e.last_timestamp.as_ref().map(|t| t.0)).or(e.event_time.as_ref().map(|t| t.0))
+            })
+            .and_then(|e| e.message),
+        Err(error) => {
+            tracing::warn!(%error, job, "could not read the Job's Events");
+            None
+        }
+    }
+}
+
+/// The [`JobState`] of `job`, the Job `name` (`None`: there is none).
+async fn state_of_job(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: Option<&str>,
+    created: bool,
+    job: Option<&Job>,
+) -> Result<JobState, kube::Error> {
+    let Some(job) = job else {
         // A Job deleted (by its TTL) before its outcome was read leaves the result,
         // which the calculation owns too.
         if created
@@ -289,7 +360,7 @@ async fn job_state(
     };
     // A Job of an earlier object of the same name must not be read as this one's run.
     if let Some(owner) = owner
-        && !owned_by(&job, owner)
+        && !owned_by(job, owner)
     {
         return Ok(JobState::Foreign);
     }
@@ -449,7 +520,8 @@ async fn reconcile(
     let uid = calculation.uid();
     let status = calculation.status.clone().unwrap_or_default();
     let created = status.sql_job.as_deref() == Some(job_name.as_str());
-    let job = job_state(&ctx.client, &namespace, &job_name, uid.as_deref(), created).await?;
+    let (job, without_pod) =
+        job_state(&ctx.client, &namespace, &job_name, uid.as_deref(), created).await?;
     let observed = Observed {
         generation,
         status,
@@ -464,6 +536,7 @@ async fn reconcile(
         origin: schedule_origin(&calculation),
         missing_service_account: None,
         job_refused,
+        job_create_refused: None,
         created: calculation
             .metadata
             .creation_timestamp
@@ -498,18 +571,64 @@ async fn reconcile(
             ),
         }
     }
+    let mut state = observed.status.state;
+    if let Some(refusal) = act(&ctx, &calculation, &warehouse, actions, &mut state).await? {
+        // The API server refused the Job: the decision with that known replaces the
+        // rest of the first (it said Running).
+        let refused = decide(&Observed {
+            job_create_refused: Some(refusal),
+            ..observed.clone()
+        });
+        act(&ctx, &calculation, &warehouse, refused, &mut state).await?;
+    }
+    // Watches bring Job and reference changes. Data readiness by assumed lag needs a
+    // timer, and so does a Pending calculation: the caches may learn of a reference
+    // after the change that triggered this reconcile, and a Job in the way of its name
+    // is not watched.
+    // A Job without its Pod changes not at all while the Pod cannot be created: look
+    // again soon.
+    Ok(
+        if matches!(
+            state,
+            Some(CalculationState::Waiting | CalculationState::Pending)
+        ) {
+            Requeue::requeue(Duration::from_secs(30))
+        } else if without_pod && state == Some(CalculationState::Running) {
+            Requeue::requeue(Duration::from_secs(15))
+        } else {
+            Requeue::await_change()
+        },
+    )
+}
+
+/// Carries out a calculation's actions in order, recording the state set in `state`.
+/// Stops at a Job creation the API server refuses with a 4xx other than a conflict
+/// (already there) or throttling (retried), and returns its message.
+async fn act(
+    ctx: &Context,
+    calculation: &Arc<MetricCalculation>,
+    warehouse: &JobSettings,
+    actions: Vec<Action>,
+    state: &mut Option<CalculationState>,
+) -> Result<Option<String>, ControllerError> {
+    let namespace = calculation
+        .namespace()
+        .ok_or(ControllerError::NoNamespace)?;
+    let name = calculation.name_any();
     let calculations: Api<MetricCalculation> = Api::namespaced(ctx.client.clone(), &namespace);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut state = observed.status.state;
     for action in actions {
         match action {
             Action::CreateJob(plan) => {
-                let Some(job) = build_job(&calculation, &plan, &warehouse, &ctx.defaults) else {
+                let Some(job) = build_job(calculation, &plan, warehouse, &ctx.defaults) else {
                     continue;
                 };
                 match jobs.create(&PostParams::default(), &job).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+                        return Ok(Some(e.message));
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -525,8 +644,9 @@ async fn reconcile(
                 }
             }
             Action::SetStatus(status) => {
-                state = status.state;
-                let patch = status_patch_over(&*calculation, calculation.status.as_ref(), &*status);
+                *state = status.state;
+                let patch =
+                    status_patch_over(&**calculation, calculation.status.as_ref(), &*status);
                 calculations
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                     .await?;
@@ -537,25 +657,12 @@ async fn reconcile(
                 note,
             } => {
                 ctx.events
-                    .publish(&*calculation, warning, reason, &note)
+                    .publish(&**calculation, warning, reason, &note)
                     .await;
             }
         }
     }
-    // Watches bring Job and reference changes. Data readiness by assumed lag needs a
-    // timer, and so does a Pending calculation: the caches may learn of a reference
-    // after the change that triggered this reconcile, and a Job in the way of its name
-    // is not watched.
-    Ok(
-        if matches!(
-            state,
-            Some(CalculationState::Waiting | CalculationState::Pending)
-        ) {
-            Requeue::requeue(Duration::from_secs(30))
-        } else {
-            Requeue::await_change()
-        },
-    )
+    Ok(None)
 }
 
 /// The schedule that made the calculation: its controlling owner, and what the
@@ -1004,14 +1111,14 @@ mod tests {
     #[tokio::test]
     async fn only_a_result_the_job_owns_is_read() {
         let (client, _) = api_server(completed_job_and_result(&["job-uid", "calc-uid"]));
-        let state = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
+        let (state, _) = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
             .await
             .unwrap();
         assert!(matches!(state, JobState::Succeeded(Ok(_))), "{state:?}");
 
         // Made by someone else in the namespace, naming the calculation as its owner.
         let (client, _) = api_server(completed_job_and_result(&["calc-uid"]));
-        let state = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
+        let (state, _) = job_state(&client, "default", "calc-1", Some("calc-uid"), true)
             .await
             .unwrap();
         let JobState::Succeeded(Err(message)) = state else {

@@ -173,15 +173,24 @@ impl Session {
             Ok(result) => result.columns,
             Err(EngineError::Query(message)) => {
                 if let Some(glob) = &check.files {
+                    // Only a clearer message: when this fails too, the first error
+                    // stands, still naming the resource and field.
                     let matched = self.query(
                         &format!(
                             "SELECT count(*) AS files FROM glob({})",
                             quote_literal(glob)
                         ),
                         cancellation,
-                    )?;
-                    if matched.rows.first().and_then(|row| row.first()) == Some(&SqlValue::Int(0)) {
-                        return Err(error(&check.field, format!("no file matches {glob:?}")));
+                    );
+                    match matched {
+                        Ok(matched)
+                            if matched.rows.first().and_then(|row| row.first())
+                                == Some(&SqlValue::Int(0)) =>
+                        {
+                            return Err(error(&check.field, format!("no file matches {glob:?}")));
+                        }
+                        Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
+                        _ => {}
                     }
                 }
                 return Err(error(&check.field, message));

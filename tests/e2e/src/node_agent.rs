@@ -688,9 +688,14 @@ pub fn container_env(
                     Some(field_ref(pod, node, &f.field_path).ok_or_else(|| {
                         Waiting::config(format!("unsupported fieldRef {}", f.field_path))
                     })?)
+                } else if let Some(r) = &from.resource_field_ref {
+                    Some(resource_field_ref(pod, container, r).ok_or_else(|| {
+                        Waiting::config(format!("unsupported resourceFieldRef {}", r.resource))
+                    })?)
                 } else {
                     return Err(Waiting::config(format!(
-                        "env {}: unsupported valueFrom (only configMapKeyRef, secretKeyRef, fieldRef)",
+                        "env {}: unsupported valueFrom (only configMapKeyRef, secretKeyRef, \
+                         fieldRef, resourceFieldRef)",
                         e.name
                     )));
                 }
@@ -701,6 +706,84 @@ pub fn container_env(
         }
     }
     Ok(env)
+}
+
+/// The node's CPU cores (all of the machine's) and memory, as it registers them.
+fn node_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+const NODE_MEMORY: &str = "16Gi";
+
+/// A Kubernetes quantity (`250m`, `2Gi`, `1.5`, `4k`) as a number.
+pub fn quantity_value(quantity: &str) -> Option<f64> {
+    let quantity = quantity.trim();
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let factor = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0_f64.powi(2),
+        "Gi" => 1024.0_f64.powi(3),
+        "Ti" => 1024.0_f64.powi(4),
+        "Pi" => 1024.0_f64.powi(5),
+        "Ei" => 1024.0_f64.powi(6),
+        _ => return None,
+    };
+    Some(number.parse::<f64>().ok()? * factor)
+}
+
+/// A `resourceFieldRef` as the kubelet resolves it: the container's limit or request,
+/// the node's allocatable amount for a limit the container does not set, divided by
+/// the divisor (default 1) and rounded up.
+pub fn resource_field_ref(
+    pod: &Pod,
+    container: &Container,
+    selector: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+) -> Option<String> {
+    let target = match selector.container_name.as_deref() {
+        Some(name) if !name.is_empty() => pod_spec(pod)
+            .containers
+            .into_iter()
+            .find(|c| c.name == name)?,
+        _ => container.clone(),
+    };
+    let (kind, resource) = selector.resource.split_once('.')?;
+    let resources = target.resources.unwrap_or_default();
+    let set = match kind {
+        "limits" => resources.limits,
+        "requests" => resources.requests,
+        _ => return None,
+    };
+    let node = match resource {
+        "cpu" => node_cpus() as f64,
+        "memory" => quantity_value(NODE_MEMORY)?,
+        _ => return None,
+    };
+    let value = set
+        .as_ref()
+        .and_then(|s| s.get(resource))
+        .and_then(|q| quantity_value(&q.0))
+        .unwrap_or(if kind == "limits" { node } else { 0.0 });
+    let divisor = selector
+        .divisor
+        .as_ref()
+        .and_then(|q| quantity_value(&q.0))
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Some(format!("{}", (value / divisor).ceil() as u64))
 }
 
 // ---------------------------------------------------------------------------- volumes
@@ -1623,11 +1706,8 @@ fn micro_now() -> String {
 
 fn node_status(shared: &Shared) -> Value {
     let at = now();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
     let resources = json!({
-        "cpu": cpus.to_string(), "memory": "16Gi", "pods": "110", "ephemeral-storage": "50Gi",
+        "cpu": node_cpus().to_string(), "memory": NODE_MEMORY, "pods": "110", "ephemeral-storage": "50Gi",
     });
     let condition = |t: &str, status: &str, reason: &str, message: &str| {
         json!({"type": t, "status": status, "reason": reason, "message": message,

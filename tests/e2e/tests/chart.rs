@@ -149,6 +149,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "CustomResourceDefinition /scheduledmetriccalculations.tally.dev",
             "CustomResourceDefinition /warehouses.tally.dev",
             "Deployment tally-system/tally-controller",
+            "NetworkPolicy tally-system/tally-worker",
             "Role tally-system/tally-controller",
             "RoleBinding tally-system/tally-controller",
             "RoleBinding tally-system/tally-worker",
@@ -162,6 +163,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         rules(find(&objects, "ClusterRole", "tally-controller")),
         [
             "/configmaps: get",
+            "/events: list",
             "/pods: list",
             "/serviceaccounts: get",
             "batch/jobs: create,delete,get,list,watch",
@@ -242,6 +244,10 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "--leader-election-lease=tally-controller",
             "--leader-election-lease-duration=15",
             "--http-address=:8080",
+            "--worker-cpu-request=250m",
+            "--worker-memory-request=512Mi",
+            "--worker-cpu-limit=",
+            "--worker-memory-limit=2Gi",
         ]
     );
     // Probes and metrics on the named port the controller serves.
@@ -312,6 +318,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "image": {"repository": "registry.example/tally-worker", "tag": "9.9.10"},
             "serviceAccount": {"name": "calculations", "annotations": {"example.com/role": "reader"}},
             "namespaces": ["analytics", "growth"],
+            "resources": {"limits": {"cpu": 4, "memory": "8Gi"}},
             "policy": {
                 "imageRepositories": ["registry.example/tally-gpu"],
                 "serviceAccounts": ["warehouse-reader"],
@@ -344,6 +351,10 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
             "--leader-election-lease=metrics-controller",
             "--leader-election-lease-duration=30",
             "--http-address=:9090",
+            "--worker-cpu-request=250m",
+            "--worker-memory-request=512Mi",
+            "--worker-cpu-limit=4",
+            "--worker-memory-limit=8Gi",
             "--allowed-worker-image-repository=registry.example/tally-gpu",
             "--allowed-worker-service-account=warehouse-reader",
             "--allowed-volume-type=configMap",
@@ -409,6 +420,63 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
 }
 
 #[test]
+fn calculation_pods_may_reach_dns_the_api_server_and_the_listed_warehouses_only() {
+    // Without a cluster to look the API server up in, its ports to any address.
+    let Some(objects) = render(json!({"worker": {"namespaces": ["analytics", "growth"]}})) else {
+        return;
+    };
+    for namespace in ["analytics", "growth"] {
+        let policy = objects
+            .iter()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["namespace"] == namespace)
+            .unwrap_or_else(|| panic!("no NetworkPolicy in {namespace}"));
+        let spec = &policy["spec"];
+        assert_eq!(
+            spec["podSelector"],
+            json!({"matchExpressions": [{"key": "tally.dev/calculation", "operator": "Exists"}]})
+        );
+        assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+        assert!(spec.get("ingress").is_none(), "nothing may reach a worker");
+        let egress = spec["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 2, "{egress:#?}");
+        assert_eq!(
+            egress[0]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "kube-system"
+        );
+        assert_eq!(
+            egress[1]["ports"],
+            json!([{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}])
+        );
+        assert!(egress[1].get("to").is_none());
+    }
+
+    // The API server's addresses given, and a warehouse.
+    let warehouse = json!({"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                           "ports": [{"protocol": "TCP", "port": 5432}]});
+    let Some(objects) = render(json!({"worker": {"networkPolicy": {
+        "apiServerCIDRs": ["10.0.0.1/32"],
+        "egress": [warehouse],
+    }}})) else {
+        return;
+    };
+    if !validate(&objects) {
+        return;
+    }
+    let policy = find(&objects, "NetworkPolicy", "tally-worker");
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(
+        egress[1]["to"],
+        json!([{"ipBlock": {"cidr": "10.0.0.1/32"}}])
+    );
+    assert_eq!(egress[2], warehouse);
+
+    let Some(objects) = render(json!({"worker": {"networkPolicy": {"enabled": false}}})) else {
+        return;
+    };
+    assert!(!objects.iter().any(|o| o["kind"] == "NetworkPolicy"));
+}
+
+#[test]
 fn without_rbac_and_accounts_the_chart_creates_neither() {
     let Some(objects) = render(json!({
         "rbac": {"create": false},
@@ -422,7 +490,7 @@ fn without_rbac_and_accounts_the_chart_creates_neither() {
         .map(|o| o["kind"].as_str().unwrap())
         .filter(|k| *k != "CustomResourceDefinition")
         .collect();
-    assert_eq!(kinds, ["Deployment"]);
+    assert_eq!(kinds, ["Deployment", "NetworkPolicy"]);
     let deployment = find(&objects, "Deployment", "tally-controller");
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],

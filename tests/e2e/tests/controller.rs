@@ -543,3 +543,117 @@ async fn api_errors_are_retried_not_turned_into_failures() {
     assert_eq!(calculation_jobs(&cluster).await.len(), 4);
     assert_eq!(faults.injected(), 5, "every injected fault met a request");
 }
+
+/// Whether the namespace holds a Warning Event with `reason` about `name`.
+async fn warned(cluster: &TestCluster, name: &str, reason: &str) -> bool {
+    let events: Api<k8s_openapi::api::events::v1::Event> = cluster.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+}
+
+/// Waits until the calculation's condition `type_` has `reason`; its message.
+async fn wait_for_reason(
+    cluster: &TestCluster,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    seconds: u64,
+) -> String {
+    let deadline = Instant::now() + patience(seconds);
+    loop {
+        let status = status(cluster, name).await;
+        let found = condition(&status, type_);
+        if found["reason"] == reason {
+            return found["message"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s {type_} never had reason {reason}: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Applies a ResourceQuota and waits until the quota controller has counted it, so
+/// that admission enforces it as written.
+async fn quota(cluster: &TestCluster, hard: Value) {
+    cluster
+        .apply_yaml(
+            &json!({
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": {"name": "calculation-quota"},
+                "spec": {"hard": hard},
+            })
+            .to_string(),
+        )
+        .await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = cluster.api();
+    tally_e2e::eventually("the quota counted", patience(15), || async {
+        let quota = quotas.get("calculation-quota").await.ok()?;
+        let status = quota.status?;
+        (status.hard? == quota.spec?.hard?).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_quota_that_refuses_the_job_or_its_pod_is_reported_until_lifted() {
+    let cluster = TestCluster::start("quota").await;
+    // No Job may be created in the namespace.
+    quota(&cluster, json!({"count/jobs.batch": "0"})).await;
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    let _controller = cluster.start_controller();
+    let message = wait_for_reason(
+        &cluster,
+        "checkout-conversion",
+        "Ready",
+        "JobCreateRefused",
+        30,
+    )
+    .await;
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert_eq!(
+        status(&cluster, "checkout-conversion").await["state"],
+        "Pending"
+    );
+    assert!(warned(&cluster, "checkout-conversion", "JobCreateRefused").await);
+    assert!(calculation_jobs(&cluster).await.is_empty());
+
+    // Jobs may be created, their Pods not: the Job stays, and the calculation says why
+    // it does not run (instead of Running until its deadline).
+    quota(&cluster, json!({"pods": "0"})).await;
+    let message = wait_for_reason(
+        &cluster,
+        "checkout-conversion",
+        "Running",
+        "PodsNotCreated",
+        60,
+    )
+    .await;
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert!(warned(&cluster, "checkout-conversion", "PodsNotCreated").await);
+
+    // Lifted: the Job's Pod is created, and the calculation completes as usual.
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = cluster.api();
+    quotas
+        .delete("calculation-quota", &Default::default())
+        .await
+        .unwrap();
+    let completed = wait_for_state(&cluster, "checkout-conversion", "Completed", 120).await;
+    let printed = printed_status("checkout-conversion");
+    assert_close(
+        "metricResults",
+        &printed["metricResults"],
+        &completed["metricResults"],
+    );
+}

@@ -21,8 +21,8 @@ use tally_e2e::control_plane::{self, ControlPlane};
 use tally_e2e::eventually;
 use tally_e2e::node_agent::{
     ImageConfig, NodeAgent, Outcome, Resolved, ServiceEndpoint, VolumeContent, VolumeFile, Waiting,
-    argv, build_image, container_env, expand, run_as, running_status, terminated_status,
-    unpack_image, volume_files, waiting_status, write_volume,
+    argv, build_image, container_env, expand, quantity_value, run_as, running_status,
+    terminated_status, unpack_image, volume_files, waiting_status, write_volume,
 };
 
 fn pod(spec: Value) -> Pod {
@@ -95,6 +95,41 @@ fn expansion_follows_kubernetes() {
     assert_eq!(expand("cost: $5 $(A", &env), "cost: $5 $(A");
     assert_eq!(expand("$", &env), "$");
     assert_eq!(expand("a$$b", &env), "a$b");
+}
+
+#[test]
+fn resource_field_refs_give_limits_in_bytes_and_whole_cores() {
+    assert_eq!(quantity_value("2Gi"), Some(2147483648.0));
+    assert_eq!(quantity_value("250m"), Some(0.25));
+    assert_eq!(quantity_value("1.5"), Some(1.5));
+    assert_eq!(quantity_value("4k"), Some(4000.0));
+    assert_eq!(quantity_value("lots"), None);
+    let limited = container(json!({
+        "name": "worker",
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"},
+                      "limits": {"cpu": "1500m", "memory": "2Gi"}},
+        "env": [
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"containerName": "worker", "resource": "limits.memory"}}},
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {"name": "REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory", "divisor": "1Mi"}}},
+        ],
+    }));
+    let p = pod(json!({"nodeName": "node-1", "containers": [limited.clone()]}));
+    let env = container_env(&p, &limited, "node-1", &service(), &resolved()).unwrap();
+    assert_eq!(env_of(&env, "MEM").as_deref(), Some("2147483648"));
+    assert_eq!(env_of(&env, "CPU").as_deref(), Some("2"), "cores round up");
+    assert_eq!(env_of(&env, "REQ").as_deref(), Some("512"));
+    // Without a limit, the node's allocatable amount.
+    let unlimited = container(json!({
+        "name": "worker",
+        "env": [{"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}],
+    }));
+    let p = pod(json!({"nodeName": "node-1", "containers": [unlimited.clone()]}));
+    let env = container_env(&p, &unlimited, "node-1", &service(), &resolved()).unwrap();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    assert_eq!(env_of(&env, "CPU"), Some(cores.to_string()));
 }
 
 #[test]
