@@ -71,6 +71,11 @@ enum Command {
         /// The service account of calculation Jobs, unless their Warehouse sets one.
         #[arg(long, env = "TALLY_WORKER_SERVICE_ACCOUNT")]
         worker_service_account: Option<String>,
+        /// The namespaces to reconcile (comma-separated or repeated), each watched on
+        /// its own so that RBAC may grant the controller only these; every namespace
+        /// when none is given.
+        #[arg(long, env = "TALLY_NAMESPACES", value_delimiter = ',', value_parser = namespace_name)]
+        namespaces: Vec<String>,
         /// How many objects of each kind are reconciled at once; the rest wait in the
         /// queue. Bounds the controller's memory during a burst.
         #[arg(long, env = "TALLY_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
@@ -188,6 +193,17 @@ impl WorkerResourceArgs {
     }
 }
 
+/// A namespace name, as the API server requires it.
+fn namespace_name(value: &str) -> Result<String, String> {
+    match tally::manifest::dns_name_problem(value, 63) {
+        None if !value.contains('.') => Ok(value.to_string()),
+        None => Err(format!(
+            "{value:?} is not a namespace name: it may not contain '.'"
+        )),
+        Some(problem) => Err(problem),
+    }
+}
+
 /// Leader election, so that several replicas of the controller can run.
 #[derive(clap::Args)]
 struct ElectionArgs {
@@ -225,6 +241,7 @@ fn main() -> ExitCode {
         Command::Controller {
             worker_image,
             worker_service_account,
+            namespaces,
             concurrency,
             min_schedule_interval,
             log_format,
@@ -241,6 +258,7 @@ fn main() -> ExitCode {
                     concurrency,
                     min_schedule_interval: min_schedule_interval.as_signed(),
                 },
+                tally::controller::Scope::of(&namespaces),
                 log_format,
                 election,
                 policy,
@@ -328,6 +346,7 @@ fn controller(
     service_account: Option<String>,
     worker_resources: k8s_openapi::api::core::v1::ResourceRequirements,
     limits: tally::controller::Limits,
+    scopes: Vec<tally::controller::Scope>,
     format: LogFormat,
     election: ElectionArgs,
     policy: Box<PolicyArgs>,
@@ -385,15 +404,16 @@ fn controller(
                 ),
                 lease_duration: Duration::from_secs(election.leader_election_lease_duration),
             };
-            if let Err(error) =
-                tally::controller::run_elected(client, defaults, limits, election, stop, metrics)
-                    .await
+            if let Err(error) = tally::controller::run_elected(
+                client, defaults, limits, scopes, election, stop, metrics,
+            )
+            .await
             {
                 tracing::error!(%error, "tally controller stopped");
                 return ExitCode::FAILURE;
             }
         } else {
-            tally::controller::run(client, defaults, limits, stop, metrics).await;
+            tally::controller::run(client, defaults, limits, scopes, stop, metrics).await;
         }
         tracing::info!("tally controller stopped");
         ExitCode::SUCCESS

@@ -91,9 +91,9 @@ pub struct References {
     metrics: Store<Metric>,
 }
 
-/// What a watch needs of the kinds Tally watches.
+/// What a watch needs of the kinds Tally watches (all namespaced).
 trait Watched:
-    Resource<DynamicType = ()>
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + serde::de::DeserializeOwned
     + std::fmt::Debug
@@ -104,7 +104,7 @@ trait Watched:
 }
 
 impl<K> Watched for K where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -114,12 +114,39 @@ impl<K> Watched for K where
 {
 }
 
-/// A cache of every object of kind `K`, filled by a watch driven on its own task.
-fn reflected<K: Watched>(client: &Client) -> Store<K> {
+/// Where a controller loop watches: every namespace, or one of those `--namespaces`
+/// lists (each gets a loop of its own, so that RBAC may grant it per namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Namespace(String),
+}
+
+impl Scope {
+    /// The scopes of `--namespaces`: each one listed, or every namespace when none is.
+    pub fn of(namespaces: &[String]) -> Vec<Scope> {
+        if namespaces.is_empty() {
+            vec![Scope::All]
+        } else {
+            namespaces.iter().cloned().map(Scope::Namespace).collect()
+        }
+    }
+
+    fn api<K: Watched>(&self, client: &Client) -> Api<K> {
+        match self {
+            Scope::All => Api::all(client.clone()),
+            Scope::Namespace(namespace) => Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
+/// A cache of every object of kind `K` in `scope`, filled by a watch driven on its
+/// own task.
+fn reflected<K: Watched>(client: &Client, scope: &Scope) -> Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(scope.api::<K>(client), watcher::Config::default()).default_backoff(),
     );
     tokio::spawn(stream.for_each(|event| async move {
         if let Err(error) = event {
@@ -131,13 +158,13 @@ fn reflected<K: Watched>(client: &Client) -> Store<K> {
 
 impl References {
     /// Starts the watches that fill the caches (each on its own task).
-    fn start(client: &Client) -> Self {
+    fn start(client: &Client, scope: &Scope) -> Self {
         Self {
-            warehouses: reflected(client),
-            exposure_tables: reflected(client),
-            fact_tables: reflected(client),
-            dimension_tables: reflected(client),
-            metrics: reflected(client),
+            warehouses: reflected(client, scope),
+            exposure_tables: reflected(client, scope),
+            fact_tables: reflected(client, scope),
+            dimension_tables: reflected(client, scope),
+            metrics: reflected(client, scope),
         }
     }
 
@@ -756,6 +783,7 @@ where
 fn watch_references<K: Watched>(
     controller: Controller<K>,
     client: &Client,
+    scope: &Scope,
     settled: fn(&K) -> bool,
 ) -> Controller<K> {
     let store = controller.store();
@@ -772,7 +800,7 @@ fn watch_references<K: Watched>(
         ($kind:ty) => {{
             let mapper = same_namespace.clone();
             controller = controller.watches(
-                Api::<$kind>::all(client.clone()),
+                scope.api::<$kind>(client),
                 watcher::Config::default(),
                 move |r: $kind| mapper(r.namespace()),
             );
@@ -830,19 +858,20 @@ async fn stop_requested() {
 /// watches everything a calculation can refer to.
 fn controller_of<K: Watched, Child: Watched>(
     client: &Client,
+    scope: &Scope,
     child_label: &str,
     concurrency: u16,
     settled: fn(&K) -> bool,
 ) -> Controller<K> {
-    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(scope.api::<K>(client), watcher::Config::default())
         .owns(
-            Api::<Child>::all(client.clone()),
+            scope.api::<Child>(client),
             watcher::Config::default().labels(child_label),
         )
         // At most `concurrency` reconciles at once: unbounded, a burst of thousands of
         // new objects holds a request, its buffers and a resolved catalog for each.
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
-    watch_references(controller, client, settled)
+    watch_references(controller, client, scope, settled)
 }
 
 /// A calculation that finished its current generation: what it refers to no longer
@@ -895,6 +924,7 @@ pub async fn run_elected(
     client: Client,
     defaults: JobDefaults,
     limits: Limits,
+    scopes: Vec<Scope>,
     election: leader::Election,
     stop: Stop,
     metrics: Arc<telemetry::Metrics>,
@@ -920,7 +950,7 @@ pub async fn run_elected(
         // renew deadline stops before reconciling anything more.
         biased;
         lost = elector.keep() => Err(lost),
-        () = run(client, defaults, limits, stop, metrics.clone()) => Ok(()),
+        () = run(client, defaults, limits, scopes, stop, metrics.clone()) => Ok(()),
     };
     metrics.set_leader(false);
     if outcome.is_ok() {
@@ -929,7 +959,6 @@ pub async fn run_elected(
     outcome
 }
 
-/// Runs the calculation and schedule controllers until `stop`.
 /// What the controller allows itself and its users at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -939,16 +968,43 @@ pub struct Limits {
     pub min_schedule_interval: jiff::SignedDuration,
 }
 
+/// Runs the calculation and schedule controllers of each scope until `stop`.
 pub async fn run(
     client: Client,
     defaults: JobDefaults,
     limits: Limits,
+    scopes: Vec<Scope>,
     stop: Stop,
     metrics: Arc<telemetry::Metrics>,
 ) {
     metrics.set_leader(true);
-    let references = References::start(&client);
-    tracing::info!("waiting for the caches of Metrics, tables and Warehouses");
+    futures::future::join_all(scopes.into_iter().map(|scope| {
+        run_in(
+            client.clone(),
+            defaults.clone(),
+            limits,
+            scope,
+            stop.clone(),
+            metrics.clone(),
+        )
+    }))
+    .await;
+}
+
+/// The controllers of one scope.
+async fn run_in(
+    client: Client,
+    defaults: JobDefaults,
+    limits: Limits,
+    scope: Scope,
+    stop: Stop,
+    metrics: Arc<telemetry::Metrics>,
+) {
+    let references = References::start(&client, &scope);
+    tracing::info!(
+        ?scope,
+        "waiting for the caches of Metrics, tables and Warehouses"
+    );
     // A stop requested while the caches fill (say, the CRDs are not installed yet)
     // ends the controller too.
     tokio::select! {
@@ -979,6 +1035,7 @@ pub async fn run(
     let calculations = drive(
         controller_of::<MetricCalculation, Job>(
             &client,
+            &scope,
             CALCULATION_LABEL,
             limits.concurrency,
             calculation_settled,
@@ -990,6 +1047,7 @@ pub async fn run(
     let schedules = drive(
         controller_of::<ScheduledMetricCalculation, MetricCalculation>(
             &client,
+            &scope,
             SCHEDULE_LABEL,
             limits.concurrency,
             schedule_settled,
@@ -1306,5 +1364,17 @@ mod tests {
             "daily-0-1"
         );
         assert_eq!(patch["status"]["latestCalculation"], Value::Null);
+    }
+
+    #[test]
+    fn namespaces_listed_are_watched_each_on_its_own_and_none_means_all() {
+        assert_eq!(Scope::of(&[]), [Scope::All]);
+        assert_eq!(
+            Scope::of(&["analytics".into(), "growth".into()]),
+            [
+                Scope::Namespace("analytics".into()),
+                Scope::Namespace("growth".into())
+            ]
+        );
     }
 }
