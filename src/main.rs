@@ -34,9 +34,9 @@ enum Command {
     Sql {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        /// The SQL dialect.
-        #[arg(long, value_enum, default_value = "duckdb")]
-        dialect: Dialect,
+        /// The SQL dialect; default: that of each calculation's Warehouse.
+        #[arg(long, value_enum)]
+        dialect: Option<Dialect>,
     },
     /// Time calculations against a bare scan of the same data (synthetic Parquet).
     Bench {
@@ -188,6 +188,7 @@ enum LogFormat {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Dialect {
     Duckdb,
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -234,10 +235,13 @@ fn main() -> ExitCode {
             output,
             allow_dirs,
         } => cli::run(&files, &allow_dirs, output),
-        Command::Sql {
-            files,
-            dialect: Dialect::Duckdb,
-        } => cli::sql(&files),
+        Command::Sql { files, dialect } => cli::sql(
+            &files,
+            dialect.map(|d| match d {
+                Dialect::Duckdb => tally::api::Engine::DuckDb,
+                Dialect::Postgres => tally::api::Engine::Postgres,
+            }),
+        ),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
         Command::Plan { files } => cli::plans(&files),
         Command::Worker

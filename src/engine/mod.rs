@@ -1,6 +1,7 @@
 //! Warehouse engines: run a plan's SQL and return its rows.
 
 pub mod duckdb;
+pub mod postgres;
 
 use std::sync::{
     Arc, Mutex,
@@ -26,6 +27,7 @@ pub enum EngineError {
         setting: &'static str,
         message: String,
     },
+    /// A resource (a table, a Warehouse) and the field of it to fix.
     #[error("{resource}: {field}: {message}")]
     Source {
         resource: String,
@@ -107,6 +109,13 @@ pub fn run(
     match plan.engine.engine {
         Engine::DuckDb => {
             let session = duckdb::Session::open(&plan.engine.duckdb)?;
+            for source in &plan.sources {
+                session.check_source(source, cancellation)?;
+            }
+            session.query(&plan.sql, cancellation)
+        }
+        Engine::Postgres => {
+            let session = postgres::Session::open(&plan.engine, cancellation)?;
             for source in &plan.sources {
                 session.check_source(source, cancellation)?;
             }

@@ -2,7 +2,7 @@ use jiff::SignedDuration;
 use kube::ResourceExt;
 
 use crate::api::{
-    self, Aggregation, DuckDbSettings, Engine, MetricCalculation, MetricMeasurement, MetricType,
+    self, Aggregation, Engine, MetricCalculation, MetricMeasurement, MetricType,
     TableSource, ThresholdOperator,
 };
 
@@ -208,7 +208,63 @@ fn source(
             }
             Ok(Source::Files(files))
         }
+        Engine::Postgres => Err(PlanError::invalid(
+            resource,
+            "spec.source.files",
+            format!(
+                "{} reads tables and SQL, not files: name a table (spec.source.table) or a query (spec.source.sql)",
+                engine.warehouse.as_deref().unwrap_or("a postgres Warehouse")
+            ),
+        )),
     }
+}
+
+/// The engine of a Warehouse, its settings checked.
+fn warehouse_engine(name: &str, warehouse: &api::Warehouse) -> Result<EngineSettings, PlanError> {
+    let resource = format!("Warehouse/{name}");
+    let duckdb = warehouse.spec.duckdb.clone().unwrap_or_default();
+    for (index, directory) in duckdb.data_directories.iter().enumerate() {
+        data_access::check_data_directory(directory).map_err(|message| {
+            PlanError::invalid(
+                &resource,
+                format!("spec.duckdb.dataDirectories[{index}]"),
+                message,
+            )
+        })?;
+    }
+    let postgres = match warehouse.spec.engine {
+        Engine::DuckDb => None,
+        Engine::Postgres => {
+            let settings = warehouse.spec.postgres.clone().ok_or_else(|| {
+                PlanError::invalid(&resource, "spec.postgres", "required for engine postgres")
+            })?;
+            for (field, value) in [
+                ("spec.postgres.host", &settings.host),
+                ("spec.postgres.database", &settings.database),
+                ("spec.postgres.user", &settings.user),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(PlanError::invalid(&resource, field, "is empty"));
+                }
+            }
+            if let Some(ca) = &settings.ca_certificate
+                && ca.secret_key_ref.is_some() == ca.config_map_key_ref.is_some()
+            {
+                return Err(PlanError::invalid(
+                    &resource,
+                    "spec.postgres.caCertificate",
+                    "set exactly one of secretKeyRef or configMapKeyRef",
+                ));
+            }
+            Some(settings)
+        }
+    };
+    Ok(EngineSettings {
+        engine: warehouse.spec.engine,
+        duckdb,
+        postgres,
+        warehouse: Some(resource),
+    })
 }
 
 fn missing(referrer: &str, field: &str, kind: &'static str, name: &str) -> PlanError {
@@ -266,25 +322,9 @@ pub fn resolve(
                 .warehouses
                 .get(name)
                 .ok_or_else(|| missing(warehouse_referrer, warehouse_field, "Warehouse", name))?;
-            let duckdb = warehouse.spec.duckdb.clone().unwrap_or_default();
-            for (index, directory) in duckdb.data_directories.iter().enumerate() {
-                data_access::check_data_directory(directory).map_err(|message| {
-                    PlanError::invalid(
-                        &format!("Warehouse/{name}"),
-                        format!("spec.duckdb.dataDirectories[{index}]"),
-                        message,
-                    )
-                })?;
-            }
-            EngineSettings {
-                engine: warehouse.spec.engine,
-                duckdb,
-            }
+            warehouse_engine(name, warehouse)?
         }
-        None => EngineSettings {
-            engine: Engine::DuckDb,
-            duckdb: DuckDbSettings::default(),
-        },
+        None => EngineSettings::embedded(),
     };
     for directory in &catalog.local_data_directories {
         if !engine.duckdb.data_directories.contains(directory) {
