@@ -69,13 +69,14 @@ pub fn compile_all(
             let catalog = &catalog;
             // The file to fix is the one that defines the resource at fault, which
             // need not be the calculation's.
-            let mut resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
-                path: manifests
-                    .file_of(&namespace, error.resource())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| path.display().to_string()),
-                error,
-            })?;
+            let mut resolved =
+                plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
+                    path: manifests
+                        .file_of(&namespace, error.resource())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| path.display().to_string()),
+                    error,
+                })?;
             if let Some(engine) = dialect {
                 resolved.engine.engine = engine;
             }

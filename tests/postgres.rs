@@ -170,7 +170,8 @@ fn tally_run_on_postgres_equals_the_duckdb_run() {
         return;
     };
     load_example(&server);
-    let scratch = std::env::temp_dir().join(format!("tally-pg-example-{}", std::process::id()));
+    let scratch =
+        std::env::temp_dir().join(format!("tally-manifests-example-{}", std::process::id()));
     let files = postgres_example(&server, &scratch);
     let on_postgres = tally_run(&files, Some(PASSWORD));
     assert!(
@@ -249,7 +250,8 @@ fn a_cancelled_worker_stops_its_query_and_leaves_the_server() {
         return;
     };
     load_example(&server);
-    let scratch = std::env::temp_dir().join(format!("tally-pg-cancel-{}", std::process::id()));
+    let scratch =
+        std::env::temp_dir().join(format!("tally-manifests-cancel-{}", std::process::id()));
     let mut plan = example_plan(&server, &scratch);
     plan["sql"] = json!("SELECT pg_sleep(600) IS NULL AS slept");
     let mut worker = Command::new(env!("CARGO_BIN_EXE_tally"))
@@ -333,8 +335,14 @@ fn errors_name_the_resource_and_field_to_fix_and_never_the_password() {
         let message = error_of(plan);
         assert!(message.contains(prefix), "{message}");
         assert!(message.contains(detail), "{message}");
-        assert!(!message.contains(PASSWORD), "the password leaked: {message}");
-        assert!(!message.contains("wrong-password"), "the password leaked: {message}");
+        assert!(
+            !message.contains(PASSWORD),
+            "the password leaked: {message}"
+        );
+        assert!(
+            !message.contains("wrong-password"),
+            "the password leaked: {message}"
+        );
     };
 
     // Wrong password.

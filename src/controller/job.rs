@@ -415,7 +415,10 @@ mod tests {
             .as_ref()
             .and_then(|from| from.config_map_key_ref.as_ref())
             .unwrap();
-        assert_eq!((config_map.name.as_str(), config_map.key.as_str()), ("db-ca", "ca.crt"));
+        assert_eq!(
+            (config_map.name.as_str(), config_map.key.as_str()),
+            ("db-ca", "ca.crt")
+        );
         // The plan names where the password is, and holds no value of it.
         let carried = plan_of(&job);
         let postgres = carried.engine.postgres.as_ref().unwrap();
@@ -426,7 +429,13 @@ mod tests {
                 assert!(!value.contains("MY_LOCAL_PASSWORD"), "{}: {value}", e.name);
             }
         }
-        assert!(pod.volumes.as_ref().unwrap().iter().all(|v| v.secret.is_none()));
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.secret.is_none())
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@ use jiff::SignedDuration;
 use kube::ResourceExt;
 
 use crate::api::{
-    self, Aggregation, Engine, MetricCalculation, MetricMeasurement, MetricType,
-    TableSource, ThresholdOperator,
+    self, Aggregation, Engine, MetricCalculation, MetricMeasurement, MetricType, TableSource,
+    ThresholdOperator,
 };
 
 use super::{Catalog, EngineSettings, PlanError, PlanTimes, data_access, fragment::check_fragment};
@@ -213,7 +213,10 @@ fn source(
             "spec.source.files",
             format!(
                 "{} reads tables and SQL, not files: name a table (spec.source.table) or a query (spec.source.sql)",
-                engine.warehouse.as_deref().unwrap_or("a postgres Warehouse")
+                engine
+                    .warehouse
+                    .as_deref()
+                    .unwrap_or("a postgres Warehouse")
             ),
         )),
     }

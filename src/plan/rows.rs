@@ -118,8 +118,12 @@ impl Row<'_> {
                 upper.push(self.float(&col::shifted_product(prefix, i, j))?);
             }
         }
-        let moments =
-            Moments::from_upper_triangle(self.int(&col::moment_count(prefix))?, shift, sums, &upper);
+        let moments = Moments::from_upper_triangle(
+            self.int(&col::moment_count(prefix))?,
+            shift,
+            sums,
+            &upper,
+        );
         for i in 0..K {
             finite(col::shifted_sum(prefix, i), moments.sum(i))?;
             for j in i..K {

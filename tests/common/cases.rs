@@ -196,4 +196,3 @@ pub fn resources(case: &Value, data: &Path, source: SourceOf) -> (Catalog, Metri
     }
     (catalog, serde_json::from_value(mc).unwrap())
 }
-

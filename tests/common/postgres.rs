@@ -128,9 +128,9 @@ impl Postgres {
                 "start",
             ],
         );
-        server.admin(&format!(
-            "CREATE USER {USER} PASSWORD '{PASSWORD}'; CREATE DATABASE {DATABASE} OWNER {USER};"
-        ));
+        // One statement each: CREATE DATABASE refuses a transaction block.
+        server.admin(&format!("CREATE USER {USER} PASSWORD '{PASSWORD}'"));
+        server.admin(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"));
         Some(server)
     }
 
@@ -223,7 +223,10 @@ impl Postgres {
     /// or `timestamp` (zone-less, UTC) when `zoneless`.
     pub fn load_csv(&self, table: &str, file: &Path, zoneless: bool) {
         let duck = duckdb::Connection::open_in_memory().unwrap();
-        let source = format!("read_csv('{}', header = true, sample_size = -1)", file.display());
+        let source = format!(
+            "read_csv('{}', header = true, sample_size = -1)",
+            file.display()
+        );
         let mut columns = Vec::new();
         {
             let mut describe = duck
@@ -271,12 +274,19 @@ impl Postgres {
             tokio::spawn(connection);
             client.batch_execute(&create).await.unwrap();
             let sink = client
-                .copy_in(&format!("COPY {table} FROM STDIN (FORMAT csv, HEADER true)"))
+                .copy_in(&format!(
+                    "COPY {table} FROM STDIN (FORMAT csv, HEADER true)"
+                ))
                 .await
                 .unwrap();
             futures::pin_mut!(sink);
             sink.send(std::io::Cursor::new(csv)).await.unwrap();
             sink.finish().await.unwrap();
+            // As a warehouse's tables have them.
+            client
+                .batch_execute(&format!("ANALYZE {table}"))
+                .await
+                .unwrap();
         });
     }
 

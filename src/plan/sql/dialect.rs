@@ -246,10 +246,7 @@ impl Dialect for Postgres {
     }
 
     fn instant(&self, t: Timestamp) -> String {
-        format!(
-            "TIMESTAMPTZ '{}+00'",
-            t.strftime("%Y-%m-%d %H:%M:%S%.f")
-        )
+        format!("TIMESTAMPTZ '{}+00'", t.strftime("%Y-%m-%d %H:%M:%S%.f"))
     }
 
     /// Free for a `timestamptz` column; a `timestamp` column and text without an
@@ -323,15 +320,15 @@ mod tests {
     #[test]
     fn postgres_durations_are_exact_days_and_times() {
         let d = SignedDuration::from_micros(14 * 86_400_000_000 + 3_723_000_004);
-        assert_eq!(
-            Postgres.duration(d),
-            "INTERVAL '14 days 01:02:03.000004'"
-        );
+        assert_eq!(Postgres.duration(d), "INTERVAL '14 days 01:02:03.000004'");
         assert_eq!(
             Postgres.duration(-SignedDuration::from_hours(24 * 36_500)),
             "(-INTERVAL '36500 days 00:00:00.000000')"
         );
-        assert_eq!(DuckDb.duration(SignedDuration::from_secs(2)), "2000000::BIGINT");
+        assert_eq!(
+            DuckDb.duration(SignedDuration::from_secs(2)),
+            "2000000::BIGINT"
+        );
     }
 
     #[test]

@@ -25,7 +25,6 @@
 //! [`Compiler`], and what differs between engines comes from its [`Dialect`]. The
 //! result's column names are those of `super::columns`.
 
-
 pub mod dialect;
 
 use std::fmt::Write;
@@ -248,9 +247,7 @@ impl Compiler<'_> {
                 // it is null); the other aggregations are arithmetic on numbers.
                 let value = match (&measure.column, measure.aggregation) {
                     (None, _) => "1".to_string(),
-                    (Some(col), Aggregation::Count | Aggregation::CountDistinct) => {
-                        self.ident(col)
-                    }
+                    (Some(col), Aggregation::Count | Aggregation::CountDistinct) => self.ident(col),
                     (Some(col), _) => d.to_float(&self.ident(col)),
                 };
                 format!(", {value} AS v{m}")
@@ -519,7 +516,8 @@ impl Compiler<'_> {
         };
         let all_present =
             |phase: &str| joined(phase, &|p, m| format!("{p}_value{m} IS NOT NULL"), " AND ");
-        let any_raw_missing = |phase: &str| joined(phase, &|p, m| format!("{p}_raw{m} IS NULL"), " OR ");
+        let any_raw_missing =
+            |phase: &str| joined(phase, &|p, m| format!("{p}_raw{m} IS NULL"), " OR ");
         let null_rows = |phase: &str| joined(phase, &|p, m| format!("{p}_null_rows{m}"), " + ");
         let post_values: Vec<String> = measures.iter().map(|m| format!("post_value{m}")).collect();
         let post_present = all_present(POST);
@@ -533,14 +531,17 @@ impl Compiler<'_> {
             format!("sum({}) AS {}", null_rows(POST), col::COUNT_MISSING_ROWS),
         ];
         let mut pivots = Vec::new();
-        self.moments(&mut aggregates, &mut pivots, POST, &post_values, &post_present);
+        self.moments(
+            &mut aggregates,
+            &mut pivots,
+            POST,
+            &post_values,
+            &post_present,
+        );
         if c.pre_exposure_window.is_some() {
             aggregates.push(format!(
                 "{} AS {}",
-                self.count_where(&format!(
-                    "({post_present}) AND ({})",
-                    any_raw_missing(PRE)
-                )),
+                self.count_where(&format!("({post_present}) AND ({})", any_raw_missing(PRE))),
                 col::PRE_COUNT_MISSING
             ));
             aggregates.push(format!(
