@@ -1,12 +1,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration, Volume, VolumeMount};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where SQL runs, and how the Jobs that run it look.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "tally.dev",
     version = "v1alpha1",
@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("self.engine != 'postgres' || has(self.postgres)")
+        .message("a Warehouse of engine postgres needs spec.postgres")
+)]
 pub struct WarehouseSpec {
     pub engine: Engine,
     /// Settings of the embedded DuckDB engine.
@@ -107,8 +111,12 @@ pub struct KeyReference {
 }
 
 /// A CA certificate from a Secret or a ConfigMap: set one.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)")
+        .message("set exactly one of secretKeyRef or configMapKeyRef")
+)]
 pub struct CaCertificate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyReference>,
