@@ -150,9 +150,15 @@ fn a_postgres_warehouse_needs_its_settings_and_one_ca_source() {
                           "passwordSecretRef": {"name": "credentials", "key": "password"}});
     assert_accepted(
         "Warehouse",
-        resource("Warehouse", json!({"engine": "postgres", "postgres": postgres})),
+        resource(
+            "Warehouse",
+            json!({"engine": "postgres", "postgres": postgres}),
+        ),
     );
-    assert_accepted("Warehouse", resource("Warehouse", json!({"engine": "duckdb"})));
+    assert_accepted(
+        "Warehouse",
+        resource("Warehouse", json!({"engine": "duckdb"})),
+    );
     assert_rejected(
         "Warehouse",
         resource("Warehouse", json!({"engine": "postgres"})),
