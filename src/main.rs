@@ -282,7 +282,7 @@ fn main() -> ExitCode {
         } => {
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("tally-bench"));
             let postgres =
-                (engine == BenchEngine::Postgres).then(|| tally::bench::PostgresTarget {
+                (engine == BenchEngine::Postgres).then_some(tally::bench::PostgresTarget {
                     host: pg_host,
                     port: pg_port,
                     database: pg_database,

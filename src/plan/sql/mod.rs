@@ -121,7 +121,7 @@ impl Compiler<'_> {
             })
     }
 
-    /// 1. Exposure rows in the exposure range.
+    /// Step 1: exposure rows in the exposure range.
     fn exposure_rows(&self) -> String {
         let (e, t, d) = (&self.c.exposure, &self.c.times, self.d);
         let dims: String = self
@@ -167,7 +167,7 @@ impl Compiler<'_> {
         )
     }
 
-    /// 2. Kept entities.
+    /// Step 2: the kept entities.
     fn exposed(&self) -> String {
         let (c, d) = (self.c, self.d);
         // One variant per entity: its smallest and largest variant agree (cheaper
@@ -236,8 +236,8 @@ impl Compiler<'_> {
             .filter(move |(_, m)| m.read == r)
     }
 
-    /// 3. The rows of fact read `r` in the fact range, with the values its measures
-    /// read.
+    /// Step 3: the rows of fact read `r` in the fact range, with the values its
+    /// measures read.
     fn facts(&self, r: usize) -> String {
         let (read, t, d) = (&self.c.fact_reads[r], &self.c.times, self.d);
         let values: String = self
@@ -402,7 +402,7 @@ impl Compiler<'_> {
         value
     }
 
-    /// 4. Per-entity values.
+    /// Step 4: per-entity values.
     fn entity_values(&self) -> String {
         let c = self.c;
         let mut columns = String::from("e.variant");
@@ -503,7 +503,7 @@ impl Compiler<'_> {
         }
     }
 
-    /// 5. The shifts of the moments, and the moments per bucket.
+    /// Step 5: the shifts of the moments, and the moments per bucket.
     fn pivots_and_buckets(&self) -> (String, String) {
         let c = self.c;
         let measures: Vec<usize> = (0..c.measures.len()).collect();
