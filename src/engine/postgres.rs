@@ -268,11 +268,13 @@ impl Session {
                 tracing::debug!("PostgreSQL connection ended: {}", message(&e));
             }
         });
-        // Every join of a calculation is on the entity. The planner cannot see
-        // through the CTEs' aggregates, guesses a few rows, and would join them in
-        // nested loops, quadratic in the entities; hash joins are linear.
+        // Every join and grouping of a calculation is on the entity. The planner
+        // cannot see through the CTEs' aggregates and guesses a few rows: it would
+        // join them in nested loops, quadratic in the entities, and sort millions
+        // of joined rows to group them. Hash joins and hash aggregation are linear
+        // (measured with `tally bench --engine postgres`: 36 s to 24 s at 20M facts).
         let mut setup = String::from(
-            "SET TimeZone = 'UTC';\nSET default_transaction_read_only = on;\nSET enable_nestloop = off;\n",
+            "SET TimeZone = 'UTC';\nSET default_transaction_read_only = on;\nSET enable_nestloop = off;\nSET enable_sort = off;\n",
         );
         if let Some(timeout) = &settings.statement_timeout {
             setup.push_str(&format!(
