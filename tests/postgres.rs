@@ -427,3 +427,56 @@ fn errors_name_the_resource_and_field_to_fix_and_never_the_password() {
         "ran longer than 1s",
     );
 }
+
+/// Whether a session of these engine settings runs over TLS, or its error.
+fn ssl_of(engine: &tally::plan::EngineSettings) -> Result<bool, String> {
+    let cancellation = tally::engine::Cancellation::default();
+    let session =
+        tally::engine::postgres::Session::open(engine, &cancellation).map_err(|e| e.to_string())?;
+    let result = session
+        .query(
+            "SELECT CAST(ssl AS INT) AS ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &cancellation,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(result.rows == vec![vec![tally::plan::SqlValue::Int(1)]])
+}
+
+#[test]
+fn ssl_modes_encrypt_and_verify_full_checks_the_server_against_the_ca() {
+    let Some(server) = Postgres::start_with("tls", true) else {
+        return;
+    };
+    set_password();
+    let mut catalog = Catalog::default();
+    let calculation = calculation_on(&mut catalog, &server, json!({"spec": {}}));
+    assert_eq!(calculation["spec"]["warehouse"], "pg");
+    let warehouse = &catalog.warehouses["pg"];
+    let engine = |mode: &str, host: &str| {
+        let mut settings = warehouse.spec.postgres.clone().unwrap();
+        settings.ssl_mode = Some(serde_json::from_value(json!(mode)).unwrap());
+        settings.host = host.to_string();
+        tally::plan::EngineSettings {
+            engine: tally::api::Engine::Postgres,
+            duckdb: Default::default(),
+            postgres: Some(settings),
+            warehouse: Some("Warehouse/pg".into()),
+        }
+    };
+    assert_eq!(ssl_of(&engine("disable", "127.0.0.1")), Ok(false));
+    assert_eq!(ssl_of(&engine("prefer", "127.0.0.1")), Ok(true));
+    assert_eq!(ssl_of(&engine("require", "127.0.0.1")), Ok(true));
+    // Checked against the system's roots, the test CA's certificate is refused.
+    let refused = ssl_of(&engine("verify-full", "localhost")).unwrap_err();
+    assert!(
+        refused.starts_with("Warehouse/pg: spec.postgres.sslMode:"),
+        "{refused}"
+    );
+    // With the CA (as a Job gets it from the Warehouse's caCertificate), it passes,
+    // for the name the certificate has.
+    let ca = std::fs::read_to_string(server.ca_path()).unwrap();
+    // SAFETY: only this test reads or writes this variable.
+    unsafe { std::env::set_var(tally::engine::postgres::CA_ENV, ca) };
+    assert_eq!(ssl_of(&engine("verify-full", "localhost")), Ok(true));
+    unsafe { std::env::remove_var(tally::engine::postgres::CA_ENV) };
+}

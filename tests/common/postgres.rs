@@ -69,6 +69,12 @@ impl Postgres {
     /// A running server with a database [`DATABASE`] and a user [`USER`] who owns
     /// it; `None` (the test is skipped) when PostgreSQL is not installed.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false)
+    }
+
+    /// With `tls`, the server also speaks TLS, its certificate (for `localhost` and
+    /// 127.0.0.1) signed by the CA at [`Self::ca_path`].
+    pub fn start_with(test: &str, tls: bool) -> Option<Self> {
         let Some(bin) = bindir() else {
             assert!(
                 std::env::var_os("TALLY_REQUIRE_TOOLS").is_none(),
@@ -110,11 +116,15 @@ impl Postgres {
                 "--locale=C.UTF-8",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
             server.port,
             server.dir.display()
         );
+        if tls {
+            server.certificates();
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         server.run(
             "pg_ctl",
             &[
@@ -132,6 +142,93 @@ impl Postgres {
         server.admin(&format!("CREATE USER {USER} PASSWORD '{PASSWORD}'"));
         server.admin(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"));
         Some(server)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// A CA and a server certificate it signs, by `openssl`; the server's key
+    /// readable by the server's user only.
+    fn certificates(&self) {
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tally-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            self.dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        let data = self.data();
+        for file in ["server.crt", "server.key"] {
+            std::fs::copy(self.dir.join(file), data.join(file)).unwrap();
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(data.join(file), Some(uid), Some(gid)).unwrap();
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
     }
 
     fn data(&self) -> PathBuf {
