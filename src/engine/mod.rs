@@ -34,6 +34,14 @@ pub enum EngineError {
         field: String,
         message: String,
     },
+    /// The warehouse could not be reached, or the connection broke: a retry may
+    /// succeed.
+    #[error("{resource}: {field}: {message}")]
+    Unreachable {
+        resource: String,
+        field: String,
+        message: String,
+    },
     #[error("refused to run the SQL: it {0}")]
     Refused(&'static str),
     #[error("the warehouse query failed: {0}")]
@@ -42,6 +50,13 @@ pub enum EngineError {
     Cancelled,
     #[error("the warehouse returned a value Tally cannot read in column {column:?}: {message}")]
     Value { column: String, message: String },
+}
+
+impl EngineError {
+    /// Whether running the same calculation again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
 }
 
 /// Aborts an engine's running statement from another thread.

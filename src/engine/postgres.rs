@@ -58,6 +58,16 @@ impl Blame<'_> {
             message: message.into(),
         }
     }
+
+    /// The server could not be reached, or the connection broke: perhaps for a
+    /// moment, so the Job may try again.
+    fn unreachable(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Unreachable {
+            resource: self.warehouse.to_string(),
+            field: "spec.postgres.host".to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The server's message of a database error (with its detail and hint), or the
@@ -401,10 +411,10 @@ impl Session {
                 return Err(Failure::Engine(EngineError::Cancelled));
             }
             Err(e) if e.as_db_error().is_none() => {
-                return Err(Failure::Engine(self.blame().error(
-                    "spec.postgres.host",
-                    format!("the connection failed: {}", message(&e)),
-                )));
+                return Err(Failure::Engine(
+                    self.blame()
+                        .unreachable(format!("the connection failed: {}", message(&e))),
+                ));
             }
             Err(e) => return Err(Failure::Database(e)),
         };
@@ -460,14 +470,11 @@ fn connect_error(
         None if text.contains("TLS") || text.contains("tls") || text.contains("certificate") => {
             blame.error("spec.postgres.sslMode", text)
         }
-        None => blame.error(
-            "spec.postgres.host",
-            format!(
-                "could not connect to {}:{}: {text}",
-                settings.host,
-                settings.port()
-            ),
-        ),
+        None => blame.unreachable(format!(
+            "could not connect to {}:{}: {text}",
+            settings.host,
+            settings.port()
+        )),
     }
 }
 
