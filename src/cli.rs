@@ -38,9 +38,12 @@ pub enum CliError {
 /// Compiles every calculation in the manifests; `allowed_directories` are read by
 /// every calculation besides its Warehouse's data directories and the directories of
 /// the manifests' `files` sources.
+/// `dialect` compiles every calculation in that engine's dialect instead of its
+/// Warehouse's.
 pub fn compile_all(
     paths: &[PathBuf],
     allowed_directories: &[PathBuf],
+    dialect: Option<api::Engine>,
 ) -> Result<Vec<(MetricCalculation, CalculationPlan)>, CliError> {
     let manifests = manifest::load(paths)?;
     if manifests.calculations.is_empty() {
@@ -66,13 +69,17 @@ pub fn compile_all(
             let catalog = &catalog;
             // The file to fix is the one that defines the resource at fault, which
             // need not be the calculation's.
-            let resolved = plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
-                path: manifests
-                    .file_of(&namespace, error.resource())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| path.display().to_string()),
-                error,
-            })?;
+            let mut resolved =
+                plan::resolve(calculation, catalog).map_err(|error| CliError::Plan {
+                    path: manifests
+                        .file_of(&namespace, error.resource())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| path.display().to_string()),
+                    error,
+                })?;
+            if let Some(engine) = dialect {
+                resolved.engine.engine = engine;
+            }
             Ok((calculation.clone(), plan::compile(&resolved)))
         })
         .collect()
@@ -110,7 +117,7 @@ pub fn run(
     allowed_directories: &[PathBuf],
     format: OutputFormat,
 ) -> Result<String, CliError> {
-    let plans = compile_all(paths, allowed_directories)?;
+    let plans = compile_all(paths, allowed_directories, None)?;
     let mut outputs = Vec::new();
     for (calculation, plan) in &plans {
         let status = run_plan(plan)?;
@@ -152,9 +159,9 @@ fn with_status(
 }
 
 /// `tally sql`: the SQL of every calculation.
-pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
+pub fn sql(paths: &[PathBuf], dialect: Option<api::Engine>) -> Result<String, CliError> {
     let mut out = String::new();
-    for (calculation, plan) in compile_all(paths, &[])? {
+    for (calculation, plan) in compile_all(paths, &[], dialect)? {
         let _ = writeln!(
             out,
             "-- MetricCalculation {}\n{};\n",
@@ -167,7 +174,7 @@ pub fn sql(paths: &[PathBuf]) -> Result<String, CliError> {
 
 /// `tally plan`: every calculation's plan, as the JSON a Job receives.
 pub fn plans(paths: &[PathBuf]) -> Result<String, CliError> {
-    let plans: Vec<CalculationPlan> = compile_all(paths, &[])?
+    let plans: Vec<CalculationPlan> = compile_all(paths, &[], None)?
         .into_iter()
         .map(|(_, plan)| plan)
         .collect();

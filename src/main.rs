@@ -34,9 +34,9 @@ enum Command {
     Sql {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        /// The SQL dialect.
-        #[arg(long, value_enum, default_value = "duckdb")]
-        dialect: Dialect,
+        /// The SQL dialect; default: that of each calculation's Warehouse.
+        #[arg(long, value_enum)]
+        dialect: Option<Dialect>,
     },
     /// Time calculations against a bare scan of the same data (synthetic Parquet).
     Bench {
@@ -53,6 +53,19 @@ enum Command {
         /// Where to write the data (default: a directory under the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also load the data into PostgreSQL and time it there, beside DuckDB.
+        #[arg(long, value_enum, default_value = "duckdb")]
+        engine: BenchEngine,
+        /// The PostgreSQL server of `--engine postgres` (password: PGPASSWORD). Its
+        /// user must be able to create the schema `tally_bench`.
+        #[arg(long, default_value = "127.0.0.1")]
+        pg_host: String,
+        #[arg(long, default_value_t = 5432)]
+        pg_port: u16,
+        #[arg(long, default_value = "postgres")]
+        pg_database: String,
+        #[arg(long, default_value = "postgres")]
+        pg_user: String,
     },
     /// Print the plan of every MetricCalculation as JSON: what a calculation's Job
     /// receives in TALLY_PLAN.
@@ -229,9 +242,16 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum BenchEngine {
+    Duckdb,
+    Postgres,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Dialect {
     Duckdb,
+    Postgres,
 }
 
 fn main() -> ExitCode {
@@ -282,10 +302,13 @@ fn main() -> ExitCode {
             output,
             allow_dirs,
         } => cli::run(&files, &allow_dirs, output),
-        Command::Sql {
-            files,
-            dialect: Dialect::Duckdb,
-        } => cli::sql(&files),
+        Command::Sql { files, dialect } => cli::sql(
+            &files,
+            dialect.map(|d| match d {
+                Dialect::Duckdb => tally::api::Engine::DuckDb,
+                Dialect::Postgres => tally::api::Engine::Postgres,
+            }),
+        ),
         Command::Crds { output_dir } => cli::crds(output_dir.as_ref()),
         Command::Plan { files } => cli::plans(&files),
         Command::Worker
@@ -299,9 +322,22 @@ fn main() -> ExitCode {
             repeat,
             ids,
             dir,
+            engine,
+            pg_host,
+            pg_port,
+            pg_database,
+            pg_user,
         } => {
             let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("tally-bench"));
-            tally::bench::run(&dir, entities, facts, repeat, ids).map_err(cli::CliError::from)
+            let postgres =
+                (engine == BenchEngine::Postgres).then_some(tally::bench::PostgresTarget {
+                    host: pg_host,
+                    port: pg_port,
+                    database: pg_database,
+                    user: pg_user,
+                });
+            tally::bench::run(&dir, entities, facts, repeat, ids, postgres.as_ref())
+                .map_err(cli::CliError::from)
         }
     };
     match output {

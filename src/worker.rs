@@ -108,6 +108,8 @@ impl WorkerError {
     /// Whether the same Job would fail the same way again.
     pub fn is_permanent(&self) -> bool {
         match self {
+            // A warehouse out of reach for a moment: the Job's next Pod tries again.
+            WorkerError::Run(RunError::Engine(e)) if e.is_transient() => false,
             WorkerError::MissingEnv(_)
             | WorkerError::Plan(_)
             | WorkerError::Run(_)
@@ -350,6 +352,28 @@ mod tests {
             result_config_map(&no_uid, &result),
             Err(WorkerError::JobWithoutUid(_))
         ));
+    }
+
+    #[test]
+    fn an_unreachable_warehouse_is_retried_and_a_refused_query_is_not() {
+        use crate::engine::EngineError;
+        let unreachable = WorkerError::Run(RunError::Engine(EngineError::Unreachable {
+            resource: "Warehouse/pg".into(),
+            field: "spec.postgres.host".into(),
+            message: "could not connect to db:5432: connection refused".into(),
+        }));
+        assert!(!unreachable.is_permanent());
+        assert_eq!(unreachable.exit_code(), 1);
+        assert_eq!(
+            unreachable.to_string(),
+            "Warehouse/pg: spec.postgres.host: could not connect to db:5432: connection refused"
+        );
+        let missing_table = WorkerError::Run(RunError::Engine(EngineError::Source {
+            resource: "FactTable/purchases".into(),
+            field: "spec.source.table".into(),
+            message: "relation \"checkout.purchases\" does not exist".into(),
+        }));
+        assert!(missing_table.is_permanent());
     }
 
     #[test]

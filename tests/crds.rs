@@ -216,6 +216,36 @@ fn schedules_show_the_next_run_as_a_time_and_the_last_as_an_age() {
     );
 }
 
+#[test]
+fn a_postgres_warehouse_needs_its_settings_and_one_ca_source() {
+    let postgres = json!({"host": "db", "database": "analytics", "user": "tally",
+                          "passwordSecretRef": {"name": "credentials", "key": "password"}});
+    assert_accepted(
+        "Warehouse",
+        resource(
+            "Warehouse",
+            json!({"engine": "postgres", "postgres": postgres}),
+        ),
+    );
+    assert_accepted(
+        "Warehouse",
+        resource("Warehouse", json!({"engine": "duckdb"})),
+    );
+    assert_rejected(
+        "Warehouse",
+        resource("Warehouse", json!({"engine": "postgres"})),
+        "needs spec.postgres",
+    );
+    let mut both = postgres.clone();
+    both["caCertificate"] = json!({"secretKeyRef": {"name": "ca", "key": "ca.crt"},
+                                   "configMapKeyRef": {"name": "ca", "key": "ca.crt"}});
+    assert_rejected(
+        "Warehouse",
+        resource("Warehouse", json!({"engine": "postgres", "postgres": both})),
+        "exactly one of secretKeyRef or configMapKeyRef",
+    );
+}
+
 fn calculation(start: &str, end: &str) -> Value {
     resource(
         "MetricCalculation",

@@ -9,15 +9,17 @@ use k8s_openapi::api::{
         PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
     },
     core::v1::{
-        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-        PodSecurityContext, PodSpec, PodTemplateSpec, ResourceFieldSelector, ResourceRequirements,
-        SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Capabilities, ConfigMapKeySelector, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+        ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceFieldSelector,
+        ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+        VolumeMount,
     },
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
-use crate::api::{JobSettings, MetricCalculation};
+use crate::api::{JobSettings, KeyReference, MetricCalculation};
+use crate::engine::postgres::{CA_ENV, PASSWORD_ENV};
 use crate::plan::CalculationPlan;
 use crate::worker::{
     CPU_LIMIT_ENV, JOB_NAME_ENV, MEMORY_LIMIT_ENV, NAMESPACE_ENV, PERMANENT_FAILURE_EXIT_CODE,
@@ -150,6 +152,56 @@ fn pod_failure_policy() -> PodFailurePolicy {
     }
 }
 
+fn from_secret(name: &str, key: &KeyReference) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: key.name.clone(),
+                key: key.key.clone(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// A warehouse's password and CA reach the worker by reference: Kubernetes sets
+/// them from the Secret (or ConfigMap) as environment variables, so their values are
+/// in no Job spec, plan or status, and the worker needs no right to read Secrets.
+/// The plan names the variable the password is in.
+fn credentials(plan: &mut CalculationPlan) -> Vec<EnvVar> {
+    let Some(postgres) = plan.engine.postgres.as_mut() else {
+        return Vec::new();
+    };
+    // `passwordEnv` is `tally run`'s; in a Job, only the Secret counts.
+    postgres.password_env = Some(PASSWORD_ENV.to_string());
+    let mut env = Vec::new();
+    if let Some(secret) = &postgres.password_secret_ref {
+        env.push(from_secret(PASSWORD_ENV, secret));
+    }
+    if let Some(ca) = &postgres.ca_certificate {
+        if let Some(secret) = &ca.secret_key_ref {
+            env.push(from_secret(CA_ENV, secret));
+        } else if let Some(config_map) = &ca.config_map_key_ref {
+            env.push(EnvVar {
+                name: CA_ENV.into(),
+                value_from: Some(EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector {
+                        name: config_map.name.clone(),
+                        key: config_map.key.clone(),
+                        optional: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+    env
+}
+
 pub fn build_job(
     calculation: &MetricCalculation,
     plan: &CalculationPlan,
@@ -178,8 +230,9 @@ pub fn build_job(
         .duckdb
         .temp_directory
         .get_or_insert_with(|| SCRATCH_MOUNT.to_string());
+    let credentials = credentials(&mut plan);
     let plan_json = serde_json::to_string(&plan).ok()?;
-    let env = vec![
+    let mut env = vec![
         EnvVar {
             name: PLAN_ENV.into(),
             value: Some(plan_json),
@@ -204,6 +257,7 @@ pub fn build_job(
         limit_env(MEMORY_LIMIT_ENV, "limits.memory"),
         limit_env(CPU_LIMIT_ENV, "limits.cpu"),
     ];
+    env.extend(credentials);
     let container = Container {
         name: WORKER_CONTAINER.into(),
         image: Some(
@@ -383,6 +437,69 @@ mod tests {
         assert_eq!(
             plan_of(&job).engine.duckdb.temp_directory.as_deref(),
             Some("/data/spill")
+        );
+    }
+
+    #[test]
+    fn a_postgres_password_reaches_the_worker_only_as_a_secret_reference() {
+        let mut plan = plan();
+        plan.engine.engine = crate::api::Engine::Postgres;
+        plan.engine.postgres = Some(
+            serde_json::from_value(serde_json::json!({
+                "host": "db.internal", "database": "analytics", "user": "tally",
+                "passwordSecretRef": {"name": "warehouse-credentials", "key": "password"},
+                "passwordEnv": "MY_LOCAL_PASSWORD",
+                "sslMode": "verify-full",
+                "caCertificate": {"configMapKeyRef": {"name": "db-ca", "key": "ca.crt"}},
+            }))
+            .unwrap(),
+        );
+        let job = build_job(
+            &calculation(),
+            &plan,
+            &JobSettings::default(),
+            &JobDefaults::default(),
+        )
+        .unwrap();
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let password = env.iter().find(|e| e.name == PASSWORD_ENV).unwrap();
+        assert_eq!(password.value, None);
+        let secret = password
+            .value_from
+            .as_ref()
+            .and_then(|from| from.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("warehouse-credentials", "password")
+        );
+        let ca = env.iter().find(|e| e.name == CA_ENV).unwrap();
+        let config_map = ca
+            .value_from
+            .as_ref()
+            .and_then(|from| from.config_map_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            (config_map.name.as_str(), config_map.key.as_str()),
+            ("db-ca", "ca.crt")
+        );
+        // The plan names where the password is, and holds no value of it.
+        let carried = plan_of(&job);
+        let postgres = carried.engine.postgres.as_ref().unwrap();
+        assert_eq!(postgres.password_env.as_deref(), Some(PASSWORD_ENV));
+        // Every literal value in the Job: none is a credential, only references.
+        for e in env {
+            if let Some(value) = &e.value {
+                assert!(!value.contains("MY_LOCAL_PASSWORD"), "{}: {value}", e.name);
+            }
+        }
+        assert!(
+            pod.volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|v| v.secret.is_none())
         );
     }
 

@@ -1,6 +1,7 @@
 //! Warehouse engines: run a plan's SQL and return its rows.
 
 pub mod duckdb;
+pub mod postgres;
 
 use std::sync::{
     Arc, Mutex,
@@ -26,8 +27,17 @@ pub enum EngineError {
         setting: &'static str,
         message: String,
     },
+    /// A resource (a table, a Warehouse) and the field of it to fix.
     #[error("{resource}: {field}: {message}")]
     Source {
+        resource: String,
+        field: String,
+        message: String,
+    },
+    /// The warehouse could not be reached, or the connection broke: a retry may
+    /// succeed.
+    #[error("{resource}: {field}: {message}")]
+    Unreachable {
         resource: String,
         field: String,
         message: String,
@@ -40,6 +50,13 @@ pub enum EngineError {
     Cancelled,
     #[error("the warehouse returned a value Tally cannot read in column {column:?}: {message}")]
     Value { column: String, message: String },
+}
+
+impl EngineError {
+    /// Whether running the same calculation again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
 }
 
 /// Aborts an engine's running statement from another thread.
@@ -107,6 +124,13 @@ pub fn run(
     match plan.engine.engine {
         Engine::DuckDb => {
             let session = duckdb::Session::open(&plan.engine.duckdb)?;
+            for source in &plan.sources {
+                session.check_source(source, cancellation)?;
+            }
+            session.query(&plan.sql, cancellation)
+        }
+        Engine::Postgres => {
+            let session = postgres::Session::open(&plan.engine, cancellation)?;
             for source in &plan.sources {
                 session.check_source(source, cancellation)?;
             }

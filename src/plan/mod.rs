@@ -6,6 +6,7 @@
 //! it (with what is needed to read its rows) to an engine, in-process or in a Job.
 
 mod catalog;
+pub mod columns;
 pub mod data_access;
 mod fragment;
 mod resolve;
@@ -15,14 +16,14 @@ mod sql;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{CalculationTimes, DuckDbSettings, Engine};
+use crate::api::{CalculationTimes, DuckDbSettings, Engine, PostgresSettings};
 use crate::stats::MeasureShape;
 
 pub use catalog::Catalog;
 pub use fragment::check_statement;
 pub use resolve::{ResolvedCalculation, Source, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};
-pub use sql::quote_literal;
+pub use sql::{Dialect, dialect};
 
 /// A resource that failed to resolve, and how to fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -125,6 +126,33 @@ pub struct EngineSettings {
     pub engine: Engine,
     #[serde(default)]
     pub duckdb: DuckDbSettings,
+    /// The database of engine `postgres`; never its password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSettings>,
+    /// `Warehouse/name`, for messages; `None` for the embedded default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<String>,
+}
+
+impl EngineSettings {
+    /// The embedded DuckDB of a calculation that names no Warehouse.
+    pub fn embedded() -> Self {
+        Self {
+            engine: Engine::DuckDb,
+            duckdb: DuckDbSettings::default(),
+            postgres: None,
+            warehouse: None,
+        }
+    }
+
+    pub fn dialect(&self) -> &'static dyn Dialect {
+        dialect::of(self.engine)
+    }
+}
+
+/// SQL quoting of a literal, the same in every dialect.
+pub fn quote_literal(text: &str) -> String {
+    dialect::DuckDb.quote_literal(text)
 }
 
 /// Everything needed to run a calculation and read its result: self-contained, so it
@@ -153,10 +181,7 @@ impl CalculationPlan {
         let t: jiff::Timestamp = "2026-10-15T00:00:00Z".parse().unwrap();
         Self {
             calculation: "ns/calc".into(),
-            engine: EngineSettings {
-                engine: crate::api::Engine::DuckDb,
-                duckdb: Default::default(),
-            },
+            engine: EngineSettings::embedded(),
             sql: "SELECT 1".into(),
             layout: ResultLayout {
                 ratio: false,
@@ -246,12 +271,13 @@ impl PlanTimes {
     }
 }
 
-/// Compiles a resolved calculation to its plan (DuckDB dialect).
+/// Compiles a resolved calculation to its plan, in its engine's dialect.
 pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
+    let dialect = resolved.engine.dialect();
     CalculationPlan {
         calculation: resolved.calculation.clone(),
         engine: resolved.engine.clone(),
-        sql: sql::duckdb(resolved),
+        sql: sql::statement(resolved, dialect),
         layout: ResultLayout {
             ratio: resolved.measures.len() == 2,
             cuped: resolved.pre_exposure_window.is_some(),
@@ -274,7 +300,8 @@ pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
                     field: field.to_string(),
                     shown,
                     files,
-                    sql: sql::columns_of(&read.source),
+                    // Resolution refuses a source the engine cannot read.
+                    sql: sql::columns_of(&read.source, dialect).unwrap_or_default(),
                     columns: read
                         .columns
                         .iter()

@@ -2,8 +2,8 @@ use jiff::SignedDuration;
 use kube::ResourceExt;
 
 use crate::api::{
-    self, Aggregation, DuckDbSettings, Engine, MetricCalculation, MetricMeasurement, MetricType,
-    TableSource, ThresholdOperator,
+    self, Aggregation, DimensionTable, Engine, ExposureTable, FactTable, Metric, MetricCalculation,
+    MetricMeasurement, MetricType, SplitDimension, TableSource, ThresholdOperator, Warehouse,
 };
 
 use super::{Catalog, EngineSettings, PlanError, PlanTimes, data_access, fragment::check_fragment};
@@ -208,7 +208,66 @@ fn source(
             }
             Ok(Source::Files(files))
         }
+        Engine::Postgres => Err(PlanError::invalid(
+            resource,
+            "spec.source.files",
+            format!(
+                "{} reads tables and SQL, not files: name a table (spec.source.table) or a query (spec.source.sql)",
+                engine
+                    .warehouse
+                    .as_deref()
+                    .unwrap_or("a postgres Warehouse")
+            ),
+        )),
     }
+}
+
+/// The engine of a Warehouse, its settings checked.
+fn warehouse_engine(name: &str, warehouse: &api::Warehouse) -> Result<EngineSettings, PlanError> {
+    let resource = format!("Warehouse/{name}");
+    let duckdb = warehouse.spec.duckdb.clone().unwrap_or_default();
+    for (index, directory) in duckdb.data_directories.iter().enumerate() {
+        data_access::check_data_directory(directory).map_err(|message| {
+            PlanError::invalid(
+                &resource,
+                format!("spec.duckdb.dataDirectories[{index}]"),
+                message,
+            )
+        })?;
+    }
+    let postgres = match warehouse.spec.engine {
+        Engine::DuckDb => None,
+        Engine::Postgres => {
+            let settings = warehouse.spec.postgres.clone().ok_or_else(|| {
+                PlanError::invalid(&resource, "spec.postgres", "required for engine postgres")
+            })?;
+            for (field, value) in [
+                ("spec.postgres.host", &settings.host),
+                ("spec.postgres.database", &settings.database),
+                ("spec.postgres.user", &settings.user),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(PlanError::invalid(&resource, field, "is empty"));
+                }
+            }
+            if let Some(ca) = &settings.ca_certificate
+                && ca.secret_key_ref.is_some() == ca.config_map_key_ref.is_some()
+            {
+                return Err(PlanError::invalid(
+                    &resource,
+                    "spec.postgres.caCertificate",
+                    "set exactly one of secretKeyRef or configMapKeyRef",
+                ));
+            }
+            Some(settings)
+        }
+    };
+    Ok(EngineSettings {
+        engine: warehouse.spec.engine,
+        duckdb,
+        postgres,
+        warehouse: Some(resource),
+    })
 }
 
 fn missing(referrer: &str, field: &str, kind: &'static str, name: &str) -> PlanError {
@@ -220,15 +279,58 @@ fn missing(referrer: &str, field: &str, kind: &'static str, name: &str) -> PlanE
     }
 }
 
-/// Follows the references of `calculation` within `catalog` and checks them.
+/// Follows the references of `calculation` within `catalog` and checks them, in
+/// three steps: [`dereference`] finds every resource it names, [`validate`] checks
+/// what they say about the calculation as a whole (engine, windows, times, groups),
+/// and [`assemble`] turns them into the reads of the statement, checking each name a
+/// resource contributes.
 pub fn resolve(
     calculation: &MetricCalculation,
     catalog: &Catalog,
 ) -> Result<ResolvedCalculation, PlanError> {
-    let me = format!("MetricCalculation/{}", calculation.name_any());
-    let spec = &calculation.spec;
-    let template = &spec.calculation;
+    let references = dereference(calculation, catalog)?;
+    let settings = validate(&references, catalog)?;
+    assemble(&references, settings)
+}
 
+/// The resources a calculation names, found.
+struct References<'a> {
+    calculation: &'a MetricCalculation,
+    /// `MetricCalculation/name`, `Metric/name`, `ExposureTable/name`.
+    me: String,
+    metric: &'a Metric,
+    metric_name: String,
+    exposure_table: &'a ExposureTable,
+    exposure_name: String,
+    /// The calculation's Warehouse, else the exposure table's; `None`: embedded DuckDB.
+    warehouse: Option<(&'a str, &'a Warehouse)>,
+    /// `[value]` for an average, `[numerator, denominator]` for a ratio.
+    sides: Vec<Side<'a>>,
+    splits: Vec<Split<'a>>,
+}
+
+struct Side<'a> {
+    /// Where the side is in the Metric, e.g. `spec.ratio.numerator`.
+    field: &'static str,
+    measurement: &'a MetricMeasurement,
+    fact: &'a FactTable,
+    fact_name: String,
+}
+
+struct Split<'a> {
+    /// `spec.splitDimensions[i]`.
+    field: String,
+    split: &'a SplitDimension,
+    /// The dimension table it names; `None`: a dimension of the exposure table.
+    table: Option<(&'a DimensionTable, String)>,
+}
+
+fn dereference<'a>(
+    calculation: &'a MetricCalculation,
+    catalog: &'a Catalog,
+) -> Result<References<'a>, PlanError> {
+    let me = format!("MetricCalculation/{}", calculation.name_any());
+    let template = &calculation.spec.calculation;
     let metric = catalog
         .metrics
         .get(&template.metric)
@@ -246,104 +348,99 @@ pub fn resolve(
             )
         })?;
     let exposure_name = format!("ExposureTable/{}", exposure_table.name_any());
-    let mut tables = vec![TableRead::Exposure(exposure_table.name_any())];
-    let mut read = |table: TableRead| {
-        if !tables.contains(&table) {
-            tables.push(table);
-        }
-    };
-
-    // The calculation's warehouse, else the exposure table's, else embedded DuckDB.
-    let (warehouse_name, warehouse_field, warehouse_referrer) =
-        match (&template.warehouse, &exposure_table.spec.warehouse) {
-            (Some(name), _) => (Some(name.clone()), "spec.warehouse", me.as_str()),
-            (None, Some(name)) => (Some(name.clone()), "spec.warehouse", exposure_name.as_str()),
-            (None, None) => (None, "", ""),
-        };
-    let mut engine = match &warehouse_name {
-        Some(name) => {
-            let warehouse = catalog
-                .warehouses
-                .get(name)
-                .ok_or_else(|| missing(warehouse_referrer, warehouse_field, "Warehouse", name))?;
-            let duckdb = warehouse.spec.duckdb.clone().unwrap_or_default();
-            for (index, directory) in duckdb.data_directories.iter().enumerate() {
-                data_access::check_data_directory(directory).map_err(|message| {
-                    PlanError::invalid(
-                        &format!("Warehouse/{name}"),
-                        format!("spec.duckdb.dataDirectories[{index}]"),
-                        message,
+    let warehouse = match (&template.warehouse, &exposure_table.spec.warehouse) {
+        (Some(name), _) => Some((name, me.as_str())),
+        (None, Some(name)) => Some((name, exposure_name.as_str())),
+        (None, None) => None,
+    }
+    .map(|(name, referrer)| {
+        catalog
+            .warehouses
+            .get(name)
+            .map(|warehouse| (name.as_str(), warehouse))
+            .ok_or_else(|| missing(referrer, "spec.warehouse", "Warehouse", name))
+    })
+    .transpose()?;
+    let sides = metric_sides(metric, &metric_name)?
+        .into_iter()
+        .map(|(field, measurement)| {
+            let fact = catalog
+                .fact_tables
+                .get(&measurement.fact_table)
+                .ok_or_else(|| {
+                    missing(
+                        &metric_name,
+                        &format!("{field}.factTable"),
+                        "FactTable",
+                        &measurement.fact_table,
                     )
                 })?;
-            }
-            EngineSettings {
-                engine: warehouse.spec.engine,
-                duckdb,
-            }
-        }
-        None => EngineSettings {
-            engine: Engine::DuckDb,
-            duckdb: DuckDbSettings::default(),
-        },
-    };
-    for directory in &catalog.local_data_directories {
-        if !engine.duckdb.data_directories.contains(directory) {
-            engine.duckdb.data_directories.push(directory.clone());
-        }
-    }
-    let engine = engine;
-    let same_warehouse = |resource: &str, table_warehouse: &Option<String>| match table_warehouse {
-        Some(w) if Some(w) != warehouse_name.as_ref() => Err(PlanError::invalid(
-            resource,
-            "spec.warehouse",
-            format!(
-                "the table is in Warehouse {w:?} but the calculation runs on {}; a calculation reads from one warehouse",
-                warehouse_name.as_deref().unwrap_or("the embedded DuckDB")
-            ),
-        )),
-        _ => Ok(()),
-    };
+            Ok(Side {
+                field,
+                measurement,
+                fact,
+                fact_name: format!("FactTable/{}", fact.name_any()),
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    let splits = template
+        .split_dimensions
+        .iter()
+        .enumerate()
+        .map(|(i, split)| {
+            let field = format!("spec.splitDimensions[{i}]");
+            let table = split
+                .dimension_table
+                .as_ref()
+                .map(|name| {
+                    catalog
+                        .dimension_tables
+                        .get(name)
+                        .map(|table| (table, format!("DimensionTable/{}", table.name_any())))
+                        .ok_or_else(|| {
+                            missing(
+                                &me,
+                                &format!("{field}.dimensionTable"),
+                                "DimensionTable",
+                                name,
+                            )
+                        })
+                })
+                .transpose()?;
+            Ok(Split {
+                field,
+                split,
+                table,
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    Ok(References {
+        calculation,
+        me,
+        metric,
+        metric_name,
+        exposure_table,
+        exposure_name,
+        warehouse,
+        sides,
+        splits,
+    })
+}
 
-    let e = &exposure_table.spec;
-    let exposure = ExposureRead {
-        source: source(&exposure_name, &e.source, &engine)?,
-        entity: column(&exposure_name, "spec.entityColumn".into(), &e.entity_column)?,
-        timestamp: column(
-            &exposure_name,
-            "spec.timestampColumn".into(),
-            &e.timestamp_column,
-        )?,
-        variant: column(
-            &exposure_name,
-            "spec.variantColumn".into(),
-            &e.variant_column,
-        )?,
-    };
-
-    let mut source_columns = Vec::new();
-    for (field, column) in [
-        ("spec.entityColumn", &exposure.entity),
-        ("spec.timestampColumn", &exposure.timestamp),
-        ("spec.variantColumn", &exposure.variant),
-    ] {
-        note(
-            &mut source_columns,
-            &exposure_name,
-            &exposure.source,
-            field,
-            column,
-        );
-    }
-
-    let sides: Vec<(&str, &MetricMeasurement)> = match metric.spec.metric_type {
+/// The measurements of a metric by its type, with the field each is at.
+fn metric_sides<'a>(
+    metric: &'a Metric,
+    metric_name: &str,
+) -> Result<Vec<(&'static str, &'a MetricMeasurement)>, PlanError> {
+    Ok(match metric.spec.metric_type {
         MetricType::Average => {
             let average = metric.spec.average.as_ref().ok_or_else(|| {
-                PlanError::invalid(&metric_name, "spec.average", "required for type Average")
+                PlanError::invalid(metric_name, "spec.average", "required for type Average")
             })?;
             // The CRD refuses this too; without it, the ratio would be ignored.
             if metric.spec.ratio.is_some() {
                 return Err(PlanError::invalid(
-                    &metric_name,
+                    metric_name,
                     "spec.ratio",
                     "must not be set for type Average",
                 ));
@@ -352,11 +449,11 @@ pub fn resolve(
         }
         MetricType::Ratio => {
             let ratio = metric.spec.ratio.as_ref().ok_or_else(|| {
-                PlanError::invalid(&metric_name, "spec.ratio", "required for type Ratio")
+                PlanError::invalid(metric_name, "spec.ratio", "required for type Ratio")
             })?;
             if metric.spec.average.is_some() {
                 return Err(PlanError::invalid(
-                    &metric_name,
+                    metric_name,
                     "spec.average",
                     "must not be set for type Ratio",
                 ));
@@ -366,83 +463,319 @@ pub fn resolve(
                 ("spec.ratio.denominator", &ratio.denominator),
             ]
         }
+    })
+}
+
+/// What holds for the calculation as a whole, checked.
+struct Settings {
+    engine: EngineSettings,
+    window_offset: SignedDuration,
+    window_end: Option<SignedDuration>,
+    pre_exposure_window: Option<SignedDuration>,
+    times: PlanTimes,
+}
+
+fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
+    let mut engine = match r.warehouse {
+        Some((name, warehouse)) => warehouse_engine(name, warehouse)?,
+        None => EngineSettings::embedded(),
     };
+    for directory in &catalog.local_data_directories {
+        if !engine.duckdb.data_directories.contains(directory) {
+            engine.duckdb.data_directories.push(directory.clone());
+        }
+    }
+    // A calculation reads from one warehouse.
+    let warehouse_name = r.warehouse.map(|(name, _)| name);
+    let tables = r
+        .sides
+        .iter()
+        .map(|side| (&side.fact_name, &side.fact.spec.warehouse))
+        .chain(r.splits.iter().filter_map(|split| {
+            split
+                .table
+                .as_ref()
+                .map(|(table, name)| (name, &table.spec.warehouse))
+        }));
+    for (resource, table_warehouse) in tables {
+        if let Some(w) = table_warehouse
+            && Some(w.as_str()) != warehouse_name
+        {
+            return Err(PlanError::invalid(
+                resource,
+                "spec.warehouse",
+                format!(
+                    "the table is in Warehouse {w:?} but the calculation runs on {}; a calculation reads from one warehouse",
+                    warehouse_name.unwrap_or("the embedded DuckDB")
+                ),
+            ));
+        }
+    }
+    for side in &r.sides {
+        validate_side(side, &r.metric_name)?;
+    }
+
+    let metric_name = &r.metric_name;
+    let window = r.metric.spec.window.clone().unwrap_or_default();
+    let window_offset = window
+        .offset
+        .as_ref()
+        .map(|d| bounded(metric_name, "spec.window.offset", d.as_signed()))
+        .transpose()?
+        .unwrap_or(SignedDuration::ZERO);
+    let window_length = window
+        .length
+        .as_ref()
+        .map(|d| bounded(metric_name, "spec.window.length", d.as_signed()))
+        .transpose()?;
+    // Both are bounded, so their sum is far from overflowing; checked all the same.
+    let window_end = window_length
+        .map(|length| {
+            window_offset.checked_add(length).ok_or_else(|| {
+                PlanError::invalid(metric_name, "spec.window", "offset + length is too large")
+            })
+        })
+        .transpose()?;
+    let pre_exposure_window = r
+        .metric
+        .spec
+        .variance_reduction
+        .as_ref()
+        .map(|v| {
+            bounded(
+                metric_name,
+                "spec.varianceReduction.preExposureWindow",
+                v.pre_exposure_window.as_signed(),
+            )
+        })
+        .transpose()?;
+
+    let me = &r.me;
+    let spec = &r.calculation.spec;
+    let start = spec.start_time.0;
+    let end = spec.end_time.0;
+    if end <= start {
+        return Err(PlanError::invalid(
+            me,
+            "spec.endTime",
+            "must be after spec.startTime",
+        ));
+    }
+    let exposure_end = match &spec.exposure_end_time {
+        Some(t) if t.0 <= start || t.0 > end => {
+            return Err(PlanError::invalid(
+                me,
+                "spec.exposureEndTime",
+                "must be after spec.startTime and not after spec.endTime",
+            ));
+        }
+        Some(t) => t.0,
+        None => end,
+    };
+    let fact_start = match pre_exposure_window {
+        Some(pre) => start.checked_sub(pre).map_err(|e| {
+            PlanError::invalid(metric_name, "spec.varianceReduction.preExposureWindow", e)
+        })?,
+        None => start,
+    };
+
+    let template = &spec.calculation;
+    for (i, split) in r.splits.iter().enumerate() {
+        if r.splits[..i]
+            .iter()
+            .any(|s| s.split.name == split.split.name)
+        {
+            return Err(PlanError::invalid(
+                me,
+                format!("{}.name", split.field),
+                "is listed twice",
+            ));
+        }
+    }
+    if let Some(i) = template.exposure_groups.iter().position(|g| g.is_empty()) {
+        return Err(PlanError::invalid(
+            me,
+            format!("spec.exposureGroups[{i}]"),
+            "is empty",
+        ));
+    }
+    let control = template.control();
+    if !template.exposure_groups.is_empty()
+        && !template.exposure_groups.iter().any(|g| g == control)
+    {
+        // Every effect is against the control: without it there is no analysis.
+        return Err(PlanError::invalid(
+            me,
+            "spec.exposureGroups",
+            format!(
+                "does not contain the control variant {control:?}; add it, or set \
+                 spec.analysis.control to one of the groups"
+            ),
+        ));
+    }
+    Ok(Settings {
+        engine,
+        window_offset,
+        window_end,
+        pre_exposure_window,
+        times: PlanTimes {
+            exposure_start: start,
+            exposure_end,
+            fact_start,
+            fact_end: end,
+        },
+    })
+}
+
+/// A metric's measurement: its filter, caps and threshold.
+fn validate_side(side: &Side, metric_name: &str) -> Result<(), PlanError> {
+    let (field, m) = (side.field, side.measurement);
+    if let Some(filter) = &m.filter {
+        check_fragment(filter)
+            .map_err(|e| PlanError::invalid(metric_name, format!("{field}.filter"), e))?;
+    }
+    if m.measurement.is_none() && m.aggregation != Aggregation::Count {
+        return Err(PlanError::invalid(
+            metric_name,
+            format!("{field}.measurement"),
+            format!(
+                "required for aggregation {:?} (only Count may omit it)",
+                m.aggregation
+            ),
+        ));
+    }
+    // YAML can say .inf and .nan; neither is a number SQL can hold.
+    let finite = |name: &str, value: Option<f64>| match value {
+        Some(v) if !v.is_finite() => Err(PlanError::invalid(
+            metric_name,
+            format!("{field}.{name}"),
+            "must be a finite number",
+        )),
+        _ => Ok(()),
+    };
+    if let Some(cap) = &m.cap {
+        finite("cap.min", cap.min)?;
+        finite("cap.max", cap.max)?;
+        if cap.min.is_none() && cap.max.is_none() {
+            return Err(PlanError::invalid(
+                metric_name,
+                format!("{field}.cap"),
+                "set min, max or both",
+            ));
+        }
+        if let (Some(min), Some(max)) = (cap.min, cap.max)
+            && min > max
+        {
+            return Err(PlanError::invalid(
+                metric_name,
+                format!("{field}.cap"),
+                "min must not exceed max",
+            ));
+        }
+    }
+    finite("threshold.value", m.threshold.as_ref().map(|t| t.value))
+}
+
+/// The reads of the statement: every source, column and dimension, each name
+/// checked against the resource that contributes it.
+fn assemble(r: &References, settings: Settings) -> Result<ResolvedCalculation, PlanError> {
+    let engine = &settings.engine;
+    let exposure_name = &r.exposure_name;
+    let e = &r.exposure_table.spec;
+    let exposure = ExposureRead {
+        source: source(exposure_name, &e.source, engine)?,
+        entity: column(exposure_name, "spec.entityColumn".into(), &e.entity_column)?,
+        timestamp: column(
+            exposure_name,
+            "spec.timestampColumn".into(),
+            &e.timestamp_column,
+        )?,
+        variant: column(
+            exposure_name,
+            "spec.variantColumn".into(),
+            &e.variant_column,
+        )?,
+    };
+    let mut tables = vec![TableRead::Exposure(r.exposure_table.name_any())];
+    let mut read_table = |table: TableRead| {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    };
+    let mut source_columns = Vec::new();
+    for (field, column) in [
+        ("spec.entityColumn", &exposure.entity),
+        ("spec.timestampColumn", &exposure.timestamp),
+        ("spec.variantColumn", &exposure.variant),
+    ] {
+        note(
+            &mut source_columns,
+            exposure_name,
+            &exposure.source,
+            field,
+            column,
+        );
+    }
+
     let mut fact_reads: Vec<FactRead> = Vec::new();
     let mut measures = Vec::new();
-    for (field, side) in sides {
-        let fact = catalog.fact_tables.get(&side.fact_table).ok_or_else(|| {
-            missing(
-                &metric_name,
-                &format!("{field}.factTable"),
-                "FactTable",
-                &side.fact_table,
-            )
-        })?;
-        let fact_name = format!("FactTable/{}", fact.name_any());
-        read(TableRead::Fact(fact.name_any()));
-        same_warehouse(&fact_name, &fact.spec.warehouse)?;
-        let filter = match &side.filter {
-            Some(filter) => {
-                check_fragment(filter)
-                    .map_err(|e| PlanError::invalid(&metric_name, format!("{field}.filter"), e))?;
-                Some(filter.clone())
-            }
-            None => None,
-        };
+    for side in &r.sides {
+        let (fact, fact_name, m) = (side.fact, &side.fact_name, side.measurement);
+        read_table(TableRead::Fact(fact.name_any()));
         let read = FactRead {
-            source: source(&fact_name, &fact.spec.source, &engine)?,
+            source: source(fact_name, &fact.spec.source, engine)?,
             entity: column(
-                &fact_name,
+                fact_name,
                 "spec.entityColumn".into(),
                 &fact.spec.entity_column,
             )?,
             timestamp: column(
-                &fact_name,
+                fact_name,
                 "spec.timestampColumn".into(),
                 &fact.spec.timestamp_column,
             )?,
-            filter,
+            filter: m.filter.clone(),
         };
         note(
             &mut source_columns,
-            &fact_name,
+            fact_name,
             &read.source,
             "spec.entityColumn",
             &read.entity,
         );
         note(
             &mut source_columns,
-            &fact_name,
+            fact_name,
             &read.source,
             "spec.timestampColumn",
             &read.timestamp,
         );
         let fact_source = read.source.clone();
-        let read_index = match fact_reads.iter().position(|r| *r == read) {
+        let read_index = match fact_reads.iter().position(|known| *known == read) {
             Some(i) => i,
             None => {
                 fact_reads.push(read);
                 fact_reads.len() - 1
             }
         };
-        let measure_column = match &side.measurement {
+        let measure_column = match &m.measurement {
             Some(name) => {
                 let (index, declared) = fact
                     .spec
                     .measurements
                     .iter()
                     .enumerate()
-                    .find(|(_, m)| &m.name == name)
+                    .find(|(_, declared)| &declared.name == name)
                     .ok_or_else(|| {
                         let known: Vec<&str> = fact
                             .spec
                             .measurements
                             .iter()
-                            .map(|m| m.name.as_str())
+                            .map(|declared| declared.name.as_str())
                             .collect();
                         PlanError::invalid(
-                            &metric_name,
-                            format!("{field}.measurement"),
+                            &r.metric_name,
+                            format!("{}.measurement", side.field),
                             format!(
                                 "FactTable {} declares no measurement {name:?} (declared: {})",
                                 fact.name_any(),
@@ -455,185 +788,77 @@ pub fn resolve(
                         )
                     })?;
                 let field = format!("spec.measurements[{index}].column");
-                let measured = column(&fact_name, field.clone(), declared.column())?;
+                let measured = column(fact_name, field.clone(), declared.column())?;
                 note(
                     &mut source_columns,
-                    &fact_name,
+                    fact_name,
                     &fact_source,
                     &field,
                     &measured,
                 );
                 Some(measured)
             }
-            None if side.aggregation == Aggregation::Count => None,
-            None => {
-                return Err(PlanError::invalid(
-                    &metric_name,
-                    format!("{field}.measurement"),
-                    format!(
-                        "required for aggregation {:?} (only Count may omit it)",
-                        side.aggregation
-                    ),
-                ));
-            }
+            // Only a count may omit it (`validate_side`).
+            None => None,
         };
-        // YAML can say .inf and .nan; neither is a number SQL can hold.
-        let finite = |name: &str, value: Option<f64>| match value {
-            Some(v) if !v.is_finite() => Err(PlanError::invalid(
-                &metric_name,
-                format!("{field}.{name}"),
-                "must be a finite number",
-            )),
-            _ => Ok(()),
-        };
-        if let Some(cap) = &side.cap {
-            finite("cap.min", cap.min)?;
-            finite("cap.max", cap.max)?;
-            if cap.min.is_none() && cap.max.is_none() {
-                return Err(PlanError::invalid(
-                    &metric_name,
-                    format!("{field}.cap"),
-                    "set min, max or both",
-                ));
-            }
-            if let (Some(min), Some(max)) = (cap.min, cap.max)
-                && min > max
-            {
-                return Err(PlanError::invalid(
-                    &metric_name,
-                    format!("{field}.cap"),
-                    "min must not exceed max",
-                ));
-            }
-        }
-        finite("threshold.value", side.threshold.as_ref().map(|t| t.value))?;
         measures.push(Measure {
             read: read_index,
             column: measure_column,
-            aggregation: side.aggregation,
-            cap_min: side.cap.as_ref().and_then(|c| c.min),
-            cap_max: side.cap.as_ref().and_then(|c| c.max),
-            threshold: side.threshold.as_ref().map(|t| (t.operator, t.value)),
-            replace_missing_with_zero: side
+            aggregation: m.aggregation,
+            cap_min: m.cap.as_ref().and_then(|c| c.min),
+            cap_max: m.cap.as_ref().and_then(|c| c.max),
+            threshold: m.threshold.as_ref().map(|t| (t.operator, t.value)),
+            replace_missing_with_zero: m
                 .replace_missing_with_zero
-                .unwrap_or_else(|| side.aggregation.missing_is_zero_by_default()),
+                .unwrap_or_else(|| m.aggregation.missing_is_zero_by_default()),
         });
     }
 
-    let window = metric.spec.window.clone().unwrap_or_default();
-    let window_offset = window
-        .offset
-        .as_ref()
-        .map(|d| bounded(&metric_name, "spec.window.offset", d.as_signed()))
-        .transpose()?
-        .unwrap_or(SignedDuration::ZERO);
-    let window_length = window
-        .length
-        .as_ref()
-        .map(|d| bounded(&metric_name, "spec.window.length", d.as_signed()))
-        .transpose()?;
-    // Both are bounded, so their sum is far from overflowing; checked all the same.
-    let window_end = window_length
-        .map(|length| {
-            window_offset.checked_add(length).ok_or_else(|| {
-                PlanError::invalid(&metric_name, "spec.window", "offset + length is too large")
-            })
-        })
-        .transpose()?;
-    let pre_exposure_window = metric
-        .spec
-        .variance_reduction
-        .as_ref()
-        .map(|v| {
-            bounded(
-                &metric_name,
-                "spec.varianceReduction.preExposureWindow",
-                v.pre_exposure_window.as_signed(),
-            )
-        })
-        .transpose()?;
-
-    let start = spec.start_time.0;
-    let end = spec.end_time.0;
-    if end <= start {
-        return Err(PlanError::invalid(
-            &me,
-            "spec.endTime",
-            "must be after spec.startTime",
-        ));
-    }
-    let exposure_end = match &spec.exposure_end_time {
-        Some(t) if t.0 <= start || t.0 > end => {
-            return Err(PlanError::invalid(
-                &me,
-                "spec.exposureEndTime",
-                "must be after spec.startTime and not after spec.endTime",
-            ));
-        }
-        Some(t) => t.0,
-        None => end,
-    };
-    let fact_start = match pre_exposure_window {
-        Some(pre) => start.checked_sub(pre).map_err(|e| {
-            PlanError::invalid(&metric_name, "spec.varianceReduction.preExposureWindow", e)
-        })?,
-        None => start,
-    };
-
     let mut dimensions = Vec::new();
-    for (i, split) in template.split_dimensions.iter().enumerate() {
-        let field = format!("spec.splitDimensions[{i}]");
-        let from = match &split.dimension_table {
-            Some(table_name) => {
-                let table = catalog.dimension_tables.get(table_name).ok_or_else(|| {
-                    missing(
-                        &me,
-                        &format!("{field}.dimensionTable"),
-                        "DimensionTable",
-                        table_name,
-                    )
-                })?;
-                let table_ref = format!("DimensionTable/{}", table.name_any());
-                read(TableRead::Dimension(table.name_any()));
-                same_warehouse(&table_ref, &table.spec.warehouse)?;
+    for split in &r.splits {
+        let field = &split.field;
+        let from = match &split.table {
+            Some((table, table_ref)) => {
+                read_table(TableRead::Dimension(table.name_any()));
                 let (index, declared) = table
                     .spec
                     .dimensions
                     .iter()
                     .enumerate()
-                    .find(|(_, d)| d.name == split.name)
+                    .find(|(_, d)| d.name == split.split.name)
                     .ok_or_else(|| {
                         PlanError::invalid(
-                            &me,
+                            &r.me,
                             format!("{field}.name"),
                             format!(
-                                "DimensionTable {table_name} declares no dimension {:?}",
-                                split.name
+                                "DimensionTable {} declares no dimension {:?}",
+                                table.name_any(),
+                                split.split.name
                             ),
                         )
                     })?;
-                let table_source = source(&table_ref, &table.spec.source, &engine)?;
+                let table_source = source(table_ref, &table.spec.source, engine)?;
                 let entity = column(
-                    &table_ref,
+                    table_ref,
                     "spec.entityColumn".into(),
                     &table.spec.entity_column,
                 )?;
                 let dimension_field = format!("spec.dimensions[{index}].column");
-                let dimension = column(&table_ref, dimension_field.clone(), declared.column())?;
+                let dimension = column(table_ref, dimension_field.clone(), declared.column())?;
                 let timestamp = table
                     .spec
                     .timestamp_column
                     .as_deref()
-                    .map(|c| column(&table_ref, "spec.timestampColumn".into(), c))
+                    .map(|c| column(table_ref, "spec.timestampColumn".into(), c))
                     .transpose()?;
-                let read = [
+                let reads = [
                     ("spec.entityColumn", Some(&entity)),
                     (dimension_field.as_str(), Some(&dimension)),
                     ("spec.timestampColumn", timestamp.as_ref()),
                 ];
-                for (field, read) in read {
+                for (field, read) in reads {
                     if let Some(read) = read {
-                        note(&mut source_columns, &table_ref, &table_source, field, read);
+                        note(&mut source_columns, table_ref, &table_source, field, read);
                     }
                 }
                 DimensionFrom::Table {
@@ -648,23 +873,23 @@ pub fn resolve(
                     .dimensions
                     .iter()
                     .enumerate()
-                    .find(|(_, d)| d.name == split.name)
+                    .find(|(_, d)| d.name == split.split.name)
                     .ok_or_else(|| {
                         PlanError::invalid(
-                            &me,
+                            &r.me,
                             format!("{field}.name"),
                             format!(
                                 "ExposureTable {} declares no dimension {:?}; name a dimensionTable or declare it on the exposure table",
-                                exposure_table.name_any(),
-                                split.name
+                                r.exposure_table.name_any(),
+                                split.split.name
                             ),
                         )
                     })?;
                 let field = format!("spec.dimensions[{index}].column");
-                let column = column(&exposure_name, field.clone(), declared.column())?;
+                let column = column(exposure_name, field.clone(), declared.column())?;
                 note(
                     &mut source_columns,
-                    &exposure_name,
+                    exposure_name,
                     &exposure.source,
                     &field,
                     &column,
@@ -672,64 +897,33 @@ pub fn resolve(
                 DimensionFrom::Exposure { column }
             }
         };
-        if dimensions.iter().any(|d: &Dimension| d.name == split.name) {
-            return Err(PlanError::invalid(
-                &me,
-                format!("{field}.name"),
-                "is listed twice",
-            ));
-        }
         dimensions.push(Dimension {
-            name: split.name.clone(),
+            name: split.split.name.clone(),
             from,
         });
     }
 
-    if let Some(i) = template.exposure_groups.iter().position(|g| g.is_empty()) {
-        return Err(PlanError::invalid(
-            &me,
-            format!("spec.exposureGroups[{i}]"),
-            "is empty",
-        ));
-    }
-    let control = template.control();
-    if !template.exposure_groups.is_empty()
-        && !template.exposure_groups.iter().any(|g| g == control)
-    {
-        // Every effect is against the control: without it there is no analysis.
-        return Err(PlanError::invalid(
-            &me,
-            "spec.exposureGroups",
-            format!(
-                "does not contain the control variant {control:?}; add it, or set \
-                 spec.analysis.control to one of the groups"
-            ),
-        ));
-    }
-
+    let template = &r.calculation.spec.calculation;
     Ok(ResolvedCalculation {
         calculation: format!(
             "{}/{}",
-            calculation.namespace().unwrap_or_else(|| "default".into()),
-            calculation.name_any()
+            r.calculation
+                .namespace()
+                .unwrap_or_else(|| "default".into()),
+            r.calculation.name_any()
         ),
-        engine,
+        engine: settings.engine,
         exposure,
         fact_reads,
         measures,
-        window_offset,
-        window_end,
-        pre_exposure_window,
+        window_offset: settings.window_offset,
+        window_end: settings.window_end,
+        pre_exposure_window: settings.pre_exposure_window,
         dimensions,
         exposure_groups: template.exposure_groups.clone(),
         control: template.control().to_string(),
         tables,
         source_columns,
-        times: PlanTimes {
-            exposure_start: start,
-            exposure_end,
-            fact_start,
-            fact_end: end,
-        },
+        times: settings.times,
     })
 }

@@ -10,7 +10,10 @@ use crate::stats::{
     summary::{BucketMoments, CupedSums},
 };
 
-use super::{ResultLayout, sql::OVERALL};
+use super::{
+    ResultLayout,
+    columns::{self as col, OVERALL, POST, PRE},
+};
 
 /// A value of a result cell, engine-neutral.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,21 +109,28 @@ impl Row<'_> {
         let mut shift = [0.0; K];
         let mut sums = [0.0; K];
         for (i, (shift, sum)) in shift.iter_mut().zip(sums.iter_mut()).enumerate() {
-            *shift = self.float(&format!("{prefix}_c{i}"))?;
-            *sum = self.float(&format!("{prefix}_s{i}"))?;
+            *shift = self.float(&col::shift(prefix, i))?;
+            *sum = self.float(&col::shifted_sum(prefix, i))?;
         }
         let mut upper = Vec::with_capacity(K * (K + 1) / 2);
         for i in 0..K {
             for j in i..K {
-                upper.push(self.float(&format!("{prefix}_p{i}{j}"))?);
+                upper.push(self.float(&col::shifted_product(prefix, i, j))?);
             }
         }
-        let moments =
-            Moments::from_upper_triangle(self.int(&format!("{prefix}_n"))?, shift, sums, &upper);
+        let moments = Moments::from_upper_triangle(
+            self.int(&col::moment_count(prefix))?,
+            shift,
+            sums,
+            &upper,
+        );
         for i in 0..K {
-            finite(format!("{prefix}_s{i}"), moments.sum(i))?;
+            finite(col::shifted_sum(prefix, i), moments.sum(i))?;
             for j in i..K {
-                finite(format!("{prefix}_p{i}{j}"), moments.sum_of_products(i, j))?;
+                finite(
+                    col::shifted_product(prefix, i, j),
+                    moments.sum_of_products(i, j),
+                )?;
             }
         }
         Ok(moments)
@@ -128,9 +138,9 @@ impl Row<'_> {
 
     fn cuped<const K: usize>(&self) -> Result<CupedSums<K>, RowError> {
         Ok(CupedSums {
-            moments: self.moments("pre")?,
-            count_missing: self.int("pre_count_missing")?,
-            count_missing_rows: self.int("pre_count_missing_rows")?,
+            moments: self.moments(PRE)?,
+            count_missing: self.int(col::PRE_COUNT_MISSING)?,
+            count_missing_rows: self.int(col::PRE_COUNT_MISSING_ROWS)?,
         })
     }
 }
@@ -161,12 +171,12 @@ pub fn read_buckets(
             index: &index,
             values,
         };
-        multiple_variant_entities = row.int("multiple_variant_entities")?;
+        multiple_variant_entities = row.int(col::MULTIPLE_VARIANT_ENTITIES)?;
         // The statement returns one row with no bucket when nobody was exposed.
-        let Some(variant) = row.text("variant")? else {
+        let Some(variant) = row.text(col::VARIANT)? else {
             continue;
         };
-        let dimension = match row.int("dimension_index")? {
+        let dimension = match row.int(col::DIMENSION_INDEX)? {
             OVERALL => None,
             i => Some(DimensionValue {
                 dimension: usize::try_from(i)
@@ -175,27 +185,27 @@ pub fn read_buckets(
                     .ok_or(RowError::UnknownDimension(i))?
                     .clone(),
                 value: row
-                    .text("dimension_value")?
+                    .text(col::DIMENSION_VALUE)?
                     .unwrap_or_else(|| "(null)".into()),
             }),
         };
         let values = if layout.ratio {
             BucketMoments::Ratio {
-                post: row.moments("post")?,
+                post: row.moments(POST)?,
                 cuped: layout.cuped.then(|| row.cuped()).transpose()?,
             }
         } else {
             BucketMoments::Average {
-                post: row.moments("post")?,
+                post: row.moments(POST)?,
                 cuped: layout.cuped.then(|| row.cuped()).transpose()?,
             }
         };
         buckets.push(BucketSums {
             variant,
             dimension,
-            entities: row.int("entities")?,
-            count_missing: row.int("count_missing")?,
-            count_missing_rows: row.int("count_missing_rows")?,
+            entities: row.int(col::ENTITIES)?,
+            count_missing: row.int(col::COUNT_MISSING)?,
+            count_missing_rows: row.int(col::COUNT_MISSING_ROWS)?,
             values,
         });
     }

@@ -436,3 +436,178 @@ fn a_table_reads_files_only_under_the_warehouses_data_directories() {
         assert!(field.starts_with("spec.duckdb.dataDirectories["), "{field}");
     }
 }
+
+const POSTGRES: &str = r#"
+apiVersion: tally.dev/v1alpha1
+kind: Warehouse
+metadata: {name: pg, namespace: ns}
+spec:
+  engine: postgres
+  postgres: {host: db, database: analytics, user: tally, schema: experiments}
+"#;
+
+fn on_postgres(exposures: &str) -> Result<ResolvedCalculation, PlanError> {
+    let mut catalog = catalog(exposures, PURCHASES, REVENUE);
+    catalog.add_warehouse(parse(POSTGRES));
+    let mut calculation = calculation();
+    calculation.spec.calculation.warehouse = Some("pg".into());
+    calculation.spec.calculation.split_dimensions = vec![parse("{name: platform}")];
+    resolve(&calculation, &catalog)
+}
+
+#[test]
+fn a_postgres_warehouse_reads_tables_and_sql_not_files() {
+    let (resource, field, message) = invalid_field(on_postgres(EXPOSURES).unwrap_err());
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("ExposureTable/exposures", "spec.source.files")
+    );
+    assert!(
+        message.contains("Warehouse/pg reads tables and SQL"),
+        "{message}"
+    );
+    let exposures = EXPOSURES.replace("{files: /data/exposures.csv}", "{table: exposures}");
+    let resolved = on_postgres(&exposures).unwrap();
+    assert_eq!(resolved.engine.warehouse.as_deref(), Some("Warehouse/pg"));
+    let plan = compile(&resolved);
+    // timestamptz in UTC, intervals, FILTER, double precision, bytewise text.
+    for expected in [
+        "TIMESTAMPTZ '2026-10-15 00:00:00+00'",
+        "CAST(\"ts\" AS TIMESTAMPTZ)",
+        "since >= INTERVAL '0 days 00:00:00.000000'",
+        "FILTER (WHERE",
+        "CAST(\"amount\" AS DOUBLE PRECISION)",
+        "COLLATE \"C\"",
+        "FROM \"exposures\" AS exposure_source",
+        "GROUPING SETS ((variant), (variant, dim_0))",
+        "(array_agg(dim_0 ORDER BY ts ASC NULLS LAST, dim_0 ASC NULLS LAST))[1]",
+    ] {
+        assert!(plan.sql.contains(expected), "{expected}:\n{}", plan.sql);
+    }
+    for duckdb_only in [
+        "epoch_us",
+        "arg_min_null",
+        "typeof",
+        "to_microseconds",
+        "read_csv",
+    ] {
+        assert!(
+            !plan.sql.contains(duckdb_only),
+            "{duckdb_only}:\n{}",
+            plan.sql
+        );
+    }
+    assert!(
+        plan.sources
+            .iter()
+            .all(|s| s.sql.starts_with("SELECT * FROM"))
+    );
+    // A postgres Warehouse needs its settings.
+    let mut catalog = catalog(&exposures, PURCHASES, REVENUE);
+    catalog.add_warehouse(parse(
+        "apiVersion: tally.dev/v1alpha1\nkind: Warehouse\nmetadata: {name: pg, namespace: ns}\nspec: {engine: postgres}\n",
+    ));
+    let mut calculation = calculation();
+    calculation.spec.calculation.warehouse = Some("pg".into());
+    let (resource, field, _) = invalid_field(resolve(&calculation, &catalog).unwrap_err());
+    assert_eq!(
+        (resource.as_str(), field.as_str()),
+        ("Warehouse/pg", "spec.postgres")
+    );
+}
+
+/// DuckDB's dialect but for grouping sets, which it spells as a `UNION ALL`.
+struct WithoutGroupingSets;
+
+impl Dialect for WithoutGroupingSets {
+    fn files(&self, glob: &str, timestamp: Option<&str>) -> Option<String> {
+        dialect::DuckDb.files(glob, timestamp)
+    }
+    fn float_type(&self) -> &'static str {
+        dialect::DuckDb.float_type()
+    }
+    fn text(&self, expression: &str) -> String {
+        dialect::DuckDb.text(expression)
+    }
+    fn null_text(&self) -> String {
+        dialect::DuckDb.null_text()
+    }
+    fn instant(&self, t: jiff::Timestamp) -> String {
+        dialect::DuckDb.instant(t)
+    }
+    fn to_instant(&self, expression: &str) -> String {
+        dialect::DuckDb.to_instant(expression)
+    }
+    fn instant_key(&self, instant: &str) -> String {
+        dialect::DuckDb.instant_key(instant)
+    }
+    fn duration(&self, d: jiff::SignedDuration) -> String {
+        dialect::DuckDb.duration(d)
+    }
+    fn add_duration(&self, instant: &str, d: jiff::SignedDuration) -> String {
+        dialect::DuckDb.add_duration(instant, d)
+    }
+    fn aggregate_where(
+        &self,
+        function: &str,
+        distinct: bool,
+        value: &str,
+        condition: &str,
+    ) -> String {
+        dialect::DuckDb.aggregate_where(function, distinct, value, condition)
+    }
+    fn first_by(&self, value: &str, keys: &[String], largest: bool) -> String {
+        dialect::DuckDb.first_by(value, keys, largest)
+    }
+    fn grouping_sets(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn buckets_without_grouping_sets_equal_those_with() {
+    let dir = std::env::temp_dir().join(format!("tally-union-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("exposures.csv"),
+        "user_id,ts,variant,platform\n1,2026-10-15T01:00:00Z,control,ios\n2,2026-10-15T02:00:00Z,treatment,web\n\
+         3,2026-10-16T02:00:00Z,treatment,ios\n4,2026-10-16T03:00:00Z,control,web\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("purchases.csv"),
+        "user_id,ts,amount,items\n1,2026-10-15T05:00:00Z,10.5,1\n2,2026-10-16T05:00:00Z,3,2\n\
+         3,2026-10-17T05:00:00Z,7.25,1\n3,2026-10-18T05:00:00Z,1,1\n",
+    )
+    .unwrap();
+    let data = dir.display().to_string();
+    let mut catalog = catalog(
+        &EXPOSURES.replace("/data/exposures.csv", &format!("{data}/exposures.csv")),
+        &PURCHASES.replace(
+            "{table: analytics.purchases}",
+            &format!("{{files: {data}/purchases.csv}}"),
+        ),
+        REVENUE,
+    );
+    catalog.local_data_directories.push(data.clone());
+    let mut calculation = calculation();
+    calculation.spec.calculation.split_dimensions = vec![parse("{name: platform}")];
+    let resolved = resolve(&calculation, &catalog).unwrap();
+    let plan = compile(&resolved);
+    let union = sql::statement(&resolved, &WithoutGroupingSets);
+    assert!(union.contains("UNION ALL") && !union.contains("GROUPING SETS"));
+    let run = |sql: &str| {
+        crate::engine::duckdb::run(&plan.engine.duckdb, sql, &Default::default()).unwrap()
+    };
+    let (with, without) = (run(&plan.sql), run(&union));
+    let buckets = |result: &crate::engine::QueryResult| {
+        read_buckets(&plan.layout, &result.columns, &result.rows).unwrap()
+    };
+    assert_eq!(buckets(&with), buckets(&without));
+    assert_eq!(
+        buckets(&with).0.len(),
+        6,
+        "overall and per platform, per variant"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cases;
+pub mod postgres;
+
 use std::path::PathBuf;
 
 use serde_json::Value;
