@@ -123,6 +123,20 @@ struct LocalCluster {
     plane: ControlPlane,
 }
 
+/// A control plane and its node, for a test that sets its cluster up by hand; `None`
+/// (after [`crate::tool_unavailable`]) without Go or buildah.
+pub async fn start_plane_with_node() -> Option<(ControlPlane, NodeAgent)> {
+    let local = match LocalCluster::start(true).await {
+        Ok(local) => local,
+        Err(Unavailable(why)) => {
+            crate::tool_unavailable(&why);
+            return None;
+        }
+    };
+    let LocalCluster { agent, plane, .. } = local;
+    Some((plane, agent.expect("a node")))
+}
+
 /// Starts node `node-1` for `plane`, running Pods from the image of the local `tally`
 /// binary, and waits until it is Ready.
 async fn start_node(plane: &ControlPlane) -> NodeAgent {
@@ -136,15 +150,28 @@ async fn start_node(plane: &ControlPlane) -> NodeAgent {
     let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
         .await
         .unwrap_or_else(|e| panic!("the node agent: {e}"));
+    // Ready, and untainted: the node lifecycle controller lifts the `not-ready` taint
+    // a moment after the node reports Ready, and a Pod scheduled before that waits
+    // with a FailedScheduling Warning.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
-    crate::eventually("node-1 Ready", Duration::from_secs(60), || async {
-        let node = nodes.get("node-1").await.ok()?;
-        node.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
+    crate::eventually(
+        "node-1 Ready and untainted",
+        Duration::from_secs(60),
+        || async {
+            let node = nodes.get("node-1").await.ok()?;
+            let tainted = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| !t.is_empty());
+            let ready = node
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && !tainted).then_some(())
+        },
+    )
     .await;
     agent
 }
@@ -267,12 +294,11 @@ impl TestCluster {
             cluster.apply_crds().await;
         }
         cluster
-            .apply_yaml(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {{tally.dev/e2e: \"true\", pod-security.kubernetes.io/enforce: restricted}}}}\n",
-                cluster.namespace
+            .apply_yaml(&worker_namespace(
+                &cluster.namespace,
+                WORKER_SERVICE_ACCOUNT,
             ))
             .await;
-        cluster.apply_yaml(&worker_rbac(&cluster.namespace)).await;
         if matches!(cluster.backend, Backend::ControlPlane(_)) {
             cluster.set_up_controller_account().await;
         }
@@ -618,7 +644,11 @@ impl TestCluster {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> crate::ControllerProcess {
+        // The test's namespace only, as the chart's controller watches its worker
+        // namespaces only (and may act in no other).
         let mut all = vec![
+            "--namespaces",
+            &self.namespace,
             "--worker-image",
             &self.worker_image,
             "--worker-service-account",
@@ -755,26 +785,41 @@ fn fresh_namespace(test: &str) -> String {
     format!("tally-e2e-{}-{suffix}", base.trim_matches('-'))
 }
 
-/// The worker's ServiceAccount and what `tally worker` may do in the namespace: read
-/// its Job, create its result ConfigMap (the chart's worker rules).
-fn worker_rbac(namespace: &str) -> String {
+/// A namespace that enforces the `restricted` Pod Security profile, with the worker
+/// ServiceAccount `account` and what `tally worker` may do there: read its Job and
+/// create its result ConfigMap (the chart's worker rules; nothing on Secrets).
+pub fn worker_namespace(namespace: &str, account: &str) -> String {
+    let chart_rules = std::fs::read_to_string(chart_dir().join("templates/worker-rbac.yaml"))
+        .expect("the chart's worker rules");
+    assert!(
+        chart_rules.contains("verbs: [create]")
+            && chart_rules.contains("verbs: [get]")
+            && !chart_rules.contains("secrets"),
+        "the chart's worker rules changed; update this copy"
+    );
     format!(
         r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+  labels: {{tally.dev/e2e: "true", pod-security.kubernetes.io/enforce: restricted}}
+---
+apiVersion: v1
 kind: ServiceAccount
-metadata: {{name: {WORKER_SERVICE_ACCOUNT}}}
+metadata: {{name: {account}, namespace: {namespace}}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
-metadata: {{name: {WORKER_SERVICE_ACCOUNT}}}
+metadata: {{name: {account}, namespace: {namespace}}}
 rules:
   - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
   - {{apiGroups: [""], resources: [configmaps], verbs: [create]}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {{name: {WORKER_SERVICE_ACCOUNT}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {WORKER_SERVICE_ACCOUNT}}}
-subjects: [{{kind: ServiceAccount, name: {WORKER_SERVICE_ACCOUNT}, namespace: {namespace}}}]
+metadata: {{name: {account}, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {account}}}
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {namespace}}}]
 "#
     )
 }

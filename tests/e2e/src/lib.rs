@@ -258,6 +258,36 @@ pub fn example_manifests() -> String {
     .join("\n---\n")
 }
 
+/// Runs the real `kubectl --kubeconfig KUBECONFIG ARGS` with `input` on its standard
+/// input; its standard output, or a panic with its error when it fails.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if let Some(input) = input {
+        stdin
+            .write_all(input.as_bytes())
+            .expect("kubectl reads its input");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("kubectl ends");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A test tool is missing: the test passes with a `SKIPPED` note, or fails when
 /// `TALLY_REQUIRE_TOOLS` is set (as in CI). Returns so the caller can `return`.
 pub fn tool_unavailable(message: &str) {

@@ -140,7 +140,6 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         [
             "ClusterRole /tally-controller",
             "ClusterRole /tally-worker",
-            "ClusterRoleBinding /tally-controller",
             "CustomResourceDefinition /dimensiontables.tally.dev",
             "CustomResourceDefinition /exposuretables.tally.dev",
             "CustomResourceDefinition /facttables.tally.dev",
@@ -152,6 +151,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "NetworkPolicy tally-system/tally-worker",
             "Role tally-system/tally-controller",
             "RoleBinding tally-system/tally-controller",
+            "RoleBinding tally-system/tally-controller-calculations",
             "RoleBinding tally-system/tally-worker",
             "ServiceAccount tally-system/tally-controller",
             "ServiceAccount tally-system/tally-worker",
@@ -179,8 +179,14 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
             "tally.dev/warehouses: get,list,watch",
         ]
     );
-    let binding = find(&objects, "ClusterRoleBinding", "tally-controller");
-    assert_eq!(binding["roleRef"]["name"], "tally-controller");
+    // Granted in the worker namespace only: nothing cluster-wide.
+    assert!(!objects.iter().any(|o| o["kind"] == "ClusterRoleBinding"));
+    let binding = find(&objects, "RoleBinding", "tally-controller-calculations");
+    assert_eq!(binding["metadata"]["namespace"], "tally-system");
+    assert_eq!(
+        (&binding["roleRef"]["kind"], &binding["roleRef"]["name"]),
+        (&json!("ClusterRole"), &json!("tally-controller"))
+    );
     assert_eq!(
         binding["subjects"],
         json!([{"kind": "ServiceAccount", "name": "tally-controller", "namespace": "tally-system"}])
@@ -235,6 +241,7 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         strings(&controller["args"]),
         [
             "controller",
+            "--namespaces=tally-system",
             &format!("--worker-image={image}"),
             "--worker-service-account=tally-worker",
             "--log-format=json",
@@ -342,6 +349,7 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         strings(&controller["args"]),
         [
             "controller",
+            "--namespaces=analytics,growth",
             "--worker-image=registry.example/tally-worker:9.9.10",
             "--worker-service-account=calculations",
             "--log-format=text",
@@ -402,7 +410,11 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         );
         let binding = objects
             .iter()
-            .find(|o| o["kind"] == "RoleBinding" && o["metadata"]["namespace"] == namespace)
+            .find(|o| {
+                o["kind"] == "RoleBinding"
+                    && o["metadata"]["namespace"] == namespace
+                    && o["roleRef"]["name"] == "metrics-worker"
+            })
             .unwrap_or_else(|| panic!("no worker RoleBinding in {namespace}"));
         assert_eq!(binding["roleRef"]["name"], "metrics-worker");
         assert_eq!(binding["subjects"][0]["name"], "calculations");
@@ -414,6 +426,14 @@ fn values_set_the_image_arguments_scheduling_and_worker_namespaces() {
         .map(|o| o["metadata"]["namespace"].as_str().unwrap())
         .collect();
     assert_eq!(bound, ["analytics", "growth"]);
+    // The controller's rules hold in the worker namespaces, which it watches, only.
+    let controller_bound: Vec<&str> = objects
+        .iter()
+        .filter(|o| o["kind"] == "RoleBinding" && o["roleRef"]["name"] == "metrics-controller")
+        .filter(|o| o["roleRef"]["kind"] == "ClusterRole")
+        .map(|o| o["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(controller_bound, ["analytics", "growth"]);
     // The leader election Lease stays in the release namespace.
     let election = find(&objects, "RoleBinding", "metrics-controller");
     assert_eq!(election["metadata"]["namespace"], "tally-system");

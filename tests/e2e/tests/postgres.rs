@@ -7,14 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 use serde_json::Value;
-use tally_e2e::control_plane::{self, ControlPlane};
-use tally_e2e::node_agent::{NodeAgent, build_image};
-use tally_e2e::{assert_close, chart_dir, eventually, printed_status, tally_bin};
+use tally_e2e::{assert_close, chart_dir, kubectl, printed_status, tally_bin};
 
 const NAMESPACE: &str = "analytics";
 /// The database user's password: the Secret's value the test looks for everywhere.
@@ -195,69 +190,6 @@ impl Drop for Postgres {
     }
 }
 
-fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> String {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    if let Some(input) = input {
-        stdin
-            .write_all(input.as_bytes())
-            .expect("kubectl reads its input");
-    }
-    drop(stdin);
-    let output = child.wait_with_output().expect("kubectl ends");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The namespace and its worker ServiceAccount with the chart's worker rules, which
-/// grant no access to Secrets.
-fn worker_namespace() -> String {
-    let worker_rules = std::fs::read_to_string(chart_dir().join("templates/worker-rbac.yaml"))
-        .expect("the chart's worker rules");
-    assert!(
-        !worker_rules.contains("secrets"),
-        "the worker needs no right to read Secrets"
-    );
-    format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata:
-  name: {NAMESPACE}
-  labels: {{pod-security.kubernetes.io/enforce: restricted}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
-rules:
-  - {{apiGroups: [batch], resources: [jobs], verbs: [get]}}
-  - {{apiGroups: [""], resources: [configmaps], verbs: [create]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: tally-worker, namespace: {NAMESPACE}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tally-worker}}
-subjects: [{{kind: ServiceAccount, name: tally-worker, namespace: {NAMESPACE}}}]
-"#
-    )
-}
-
 fn examples() -> PathBuf {
     chart_dir().join("../../examples")
 }
@@ -303,31 +235,10 @@ async fn a_postgres_warehouse_with_a_secret_completes_and_the_secret_stays_secre
         Some(&examples().join("checkout-experiment-postgres/load.sql")),
     );
 
-    let plane = match ControlPlane::start().await {
-        Ok(plane) => plane,
-        Err(e @ control_plane::Error::GoUnavailable(_)) => {
-            tally_e2e::tool_unavailable(&e.to_string());
-            return;
-        }
-        Err(e) => panic!("the control plane did not start: {e}"),
+    let Some((plane, agent)) = tally_e2e::cluster::start_plane_with_node().await else {
+        return;
     };
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
-    let client = plane.client().await.expect("a client");
-    let layout = build_image(&tally_bin()).expect("the image");
-    let ca = std::fs::read_to_string(plane.ca_path()).expect("the CA");
-    let agent = NodeAgent::start(client.clone(), "node-1", &layout, plane.server(), &ca)
-        .await
-        .expect("the node agent");
-    let nodes: Api<Node> = Api::all(client.clone());
-    eventually("node-1 Ready", Duration::from_secs(60), || async {
-        let node = nodes.get("node-1").await.ok()?;
-        node.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
 
     let crds = chart_dir().join("../../crds");
     kubectl(
@@ -354,7 +265,10 @@ async fn a_postgres_warehouse_with_a_secret_completes_and_the_secret_stays_secre
     kubectl(
         &kubeconfig,
         &["apply", "-f", "-"],
-        Some(&worker_namespace()),
+        Some(&tally_e2e::cluster::worker_namespace(
+            NAMESPACE,
+            "tally-worker",
+        )),
     );
     // The controller's log, to search for the password afterwards.
     let log_path = std::env::temp_dir().join(format!(

@@ -36,6 +36,10 @@ fn config_map(name: &str) -> ConfigMap {
     }
 }
 
+fn lease_probe() -> Lease {
+    serde_json::from_value(json!({"metadata": {"name": "rbac-probe"}})).expect("a Lease")
+}
+
 /// A cluster whose controllers run as the chart's controller ServiceAccount: a control
 /// plane of the test's own (on a cluster of your own they run as you).
 async fn enforcing_cluster(test: &str) -> Option<TestCluster> {
@@ -62,10 +66,14 @@ async fn the_controller_may_do_what_the_chart_grants_and_nothing_more() {
         "MetricCalculation",
     ));
     allowed(
-        "listing MetricCalculations in all namespaces",
-        Api::<kube::api::DynamicObject>::all_with(controller.clone(), &calculations)
-            .list(&ListParams::default())
-            .await,
+        "listing MetricCalculations in its worker namespace",
+        Api::<kube::api::DynamicObject>::namespaced_with(
+            controller.clone(),
+            namespace,
+            &calculations,
+        )
+        .list(&ListParams::default())
+        .await,
     );
     allowed(
         "listing Jobs",
@@ -82,15 +90,34 @@ async fn the_controller_may_do_what_the_chart_grants_and_nothing_more() {
     allowed(
         "creating its Lease in the release namespace",
         Api::<Lease>::namespaced(controller.clone(), namespace)
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "rbac-probe"}}))
-                    .expect("a Lease"),
-            )
+            .create(&PostParams::default(), &lease_probe())
             .await,
     );
 
-    // What it must not do.
+    // What it must not do: anything outside its worker namespaces.
+    forbidden(
+        "listing MetricCalculations in all namespaces",
+        Api::<kube::api::DynamicObject>::all_with(controller.clone(), &calculations)
+            .list(&ListParams::default())
+            .await,
+    );
+    forbidden(
+        "creating a Job outside its worker namespaces",
+        Api::<Job>::namespaced(controller.clone(), "default")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "rbac-probe"},
+                    "spec": {"template": {"spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    }}},
+                }))
+                .expect("a Job"),
+            )
+            .await,
+    );
+    // Nor in them, beyond its rules.
     forbidden(
         "reading Secrets",
         Api::<Secret>::namespaced(controller.clone(), namespace)
@@ -131,11 +158,7 @@ async fn the_controller_may_do_what_the_chart_grants_and_nothing_more() {
     forbidden(
         "writing a Lease outside the release namespace",
         Api::<Lease>::namespaced(controller.clone(), "kube-system")
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "rbac-probe"}}))
-                    .expect("a Lease"),
-            )
+            .create(&PostParams::default(), &lease_probe())
             .await,
     );
     forbidden(
@@ -237,4 +260,65 @@ async fn a_pod_outside_the_restricted_profile_is_not_admitted() {
         }
         other => panic!("a privileged Pod was admitted: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_calculation_outside_the_worker_namespaces_is_not_reconciled() {
+    let Some(cluster) = enforcing_cluster("outside").await else {
+        return;
+    };
+    let outside = format!("{}-x", cluster.namespace());
+    cluster
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {outside}}}\n"
+        ))
+        .await;
+    cluster
+        .apply_yaml(&format!(
+            r#"apiVersion: tally.dev/v1alpha1
+kind: MetricCalculation
+metadata: {{name: sneaky, namespace: {outside}}}
+spec:
+  metric: checkout-revenue
+  exposureTable: checkout-exposures
+  startTime: "2026-10-15T00:00:00Z"
+  endTime: "2026-11-05T00:00:00Z"
+"#
+        ))
+        .await;
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    let _controller = cluster.start_controller();
+    let calculations = cluster.tally_api("MetricCalculation");
+    tally_e2e::eventually(
+        "checkout-revenue completed in the worker namespace",
+        tally_e2e::patience(60),
+        || async {
+            let c = calculations.get("checkout-revenue").await.ok()?;
+            (c.data["status"]["state"] == "Completed").then_some(())
+        },
+    )
+    .await;
+    let gvk = kube::core::GroupVersionKind::gvk("tally.dev", "v1alpha1", "MetricCalculation");
+    let elsewhere: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        cluster.client().clone(),
+        &outside,
+        &kube::core::ApiResource::from_gvk(&gvk),
+    );
+    let sneaky = elsewhere.get("sneaky").await.expect("the calculation");
+    assert!(
+        sneaky
+            .data
+            .get("status")
+            .is_none_or(serde_json::Value::is_null),
+        "a calculation outside the worker namespaces was reconciled: {:?}",
+        sneaky.data
+    );
+    let jobs: Api<Job> = Api::namespaced(cluster.client().clone(), &outside);
+    assert!(
+        jobs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
