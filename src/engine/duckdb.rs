@@ -197,21 +197,8 @@ impl Session {
             }
             Err(other) => return Err(other),
         };
-        for read in &check.columns {
-            // DuckDB matches identifiers, quoted ones too, regardless of case.
-            if !columns.iter().any(|c| c.eq_ignore_ascii_case(&read.column)) {
-                return Err(error(
-                    &read.field,
-                    format!(
-                        "column {:?} not found in {} (columns: {})",
-                        read.column,
-                        check.shown,
-                        columns.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        // DuckDB matches identifiers, quoted ones too, regardless of case.
+        super::check_columns(check, &columns, |a, b| a.eq_ignore_ascii_case(b))
     }
 
     /// Runs `sql`, which must be one statement, and collects every row.

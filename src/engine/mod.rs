@@ -138,3 +138,30 @@ pub fn run(
         }
     }
 }
+
+/// The first column `check` reads that `columns` (what its source returned) lacks, as
+/// the error naming the field that names it; `same` is the engine's identifier
+/// comparison.
+pub fn check_columns(
+    check: &crate::plan::SourceCheck,
+    columns: &[String],
+    same: impl Fn(&str, &str) -> bool,
+) -> Result<(), EngineError> {
+    match check
+        .columns
+        .iter()
+        .find(|read| !columns.iter().any(|c| same(c, &read.column)))
+    {
+        None => Ok(()),
+        Some(read) => Err(EngineError::Source {
+            resource: check.resource.clone(),
+            field: read.field.clone(),
+            message: format!(
+                "column {:?} not found in {} (columns: {})",
+                read.column,
+                check.shown,
+                columns.join(", ")
+            ),
+        }),
+    }
+}

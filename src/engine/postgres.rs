@@ -343,21 +343,8 @@ impl Session {
             }
             Err(Failure::Engine(other)) => return Err(other),
         };
-        for read in &check.columns {
-            // A quoted identifier is case-sensitive in PostgreSQL, and Tally quotes.
-            if !columns.iter().any(|c| c == &read.column) {
-                return Err(error(
-                    &read.field,
-                    format!(
-                        "column {:?} not found in {} (columns: {})",
-                        read.column,
-                        check.shown,
-                        columns.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        // A quoted identifier is case-sensitive in PostgreSQL, and Tally quotes.
+        super::check_columns(check, &columns, |a, b| a == b)
     }
 
     /// Runs `sql`, which must be one statement, and collects every row.

@@ -288,6 +288,39 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> String 
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// What a user does first on a fresh cluster, with the real `kubectl`: applies Tally's
+/// CRDs (server-side), waits until they are established, and creates `namespace`
+/// with the worker ServiceAccount `account` and its rules.
+pub fn kubectl_prepare(kubeconfig: &Path, namespace: &str, account: &str) {
+    let crds = crds();
+    kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            crds.to_str().expect("a UTF-8 path"),
+        ],
+        None,
+    );
+    kubectl(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    kubectl(
+        kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&cluster::worker_namespace(namespace, account)),
+    );
+}
+
 /// A test tool is missing: the test passes with a `SKIPPED` note, or fails when
 /// `TALLY_REQUIRE_TOOLS` is set (as in CI). Returns so the caller can `return`.
 pub fn tool_unavailable(message: &str) {

@@ -44,36 +44,7 @@ async fn kubectl_apply_k_of_the_cluster_example_completes_every_calculation() {
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
     let client = plane.client().await.expect("a client");
 
-    let crds = chart_dir().join("../../crds");
-    kubectl(
-        &kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            crds.to_str().expect("a UTF-8 path"),
-        ],
-        None,
-    );
-    kubectl(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ],
-        None,
-    );
-    kubectl(
-        &kubeconfig,
-        &["apply", "-f", "-"],
-        Some(&tally_e2e::cluster::worker_namespace(
-            NAMESPACE,
-            "tally-worker",
-        )),
-    );
+    tally_e2e::kubectl_prepare(&kubeconfig, NAMESPACE, "tally-worker");
     let image = tally_e2e::cluster::chart_image();
     let _controller = ControllerProcess::start_with(
         &kubeconfig,

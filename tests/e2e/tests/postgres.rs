@@ -240,36 +240,7 @@ async fn a_postgres_warehouse_with_a_secret_completes_and_the_secret_stays_secre
     };
     let kubeconfig = plane.kubeconfig_path().to_path_buf();
 
-    let crds = chart_dir().join("../../crds");
-    kubectl(
-        &kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            crds.to_str().expect("UTF-8"),
-        ],
-        None,
-    );
-    kubectl(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ],
-        None,
-    );
-    kubectl(
-        &kubeconfig,
-        &["apply", "-f", "-"],
-        Some(&tally_e2e::cluster::worker_namespace(
-            NAMESPACE,
-            "tally-worker",
-        )),
-    );
+    tally_e2e::kubectl_prepare(&kubeconfig, NAMESPACE, "tally-worker");
     // The controller's log, to search for the password afterwards.
     let log_path = std::env::temp_dir().join(format!(
         "tally-e2e-pg-controller-{}.log",
