@@ -381,9 +381,19 @@ mod tests {
         CalculationPlan::for_tests()
     }
 
+    fn worker_container(job: &Job) -> &Container {
+        &job.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+    }
+
     fn plan_of(job: &Job) -> CalculationPlan {
-        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-        let env = pod.containers[0].env.as_ref().unwrap();
+        let env = worker_container(job).env.as_ref().unwrap();
         let plan = env.iter().find(|e| e.name == PLAN_ENV).unwrap();
         serde_json::from_str(plan.value.as_deref().unwrap()).unwrap()
     }
@@ -541,15 +551,7 @@ mod tests {
             &JobDefaults::default(),
         )
         .unwrap();
-        let container = &job
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        let container = worker_container(&job);
         let resources = container.resources.as_ref().unwrap();
         let get = |map: &Option<BTreeMap<String, Quantity>>, key: &str| {
             map.as_ref().and_then(|m| m.get(key)).map(|q| q.0.clone())
@@ -590,15 +592,7 @@ mod tests {
         }))
         .unwrap();
         let job = build_job(&calculation(), &plan(), &own, &JobDefaults::default()).unwrap();
-        let container = &job
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0];
+        let container = worker_container(&job);
         let resources = container.resources.as_ref().unwrap();
         assert_eq!(get(&resources.limits, "memory").as_deref(), Some("16Gi"));
         assert_eq!(get(&resources.requests, "cpu"), None);
