@@ -10,9 +10,10 @@ use crate::api::{
     self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults,
 };
 use crate::engine::Cancellation;
+use crate::execute::{self, RunError};
+use crate::job_contract;
 use crate::manifest::{self, ManifestError};
 use crate::plan::{self, CalculationPlan, Catalog, PlanError};
-use crate::result::{self, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -91,11 +92,11 @@ pub fn run_plan(plan: &CalculationPlan) -> Result<MetricCalculationStatus, CliEr
         start_time: Some(Time(Timestamp::now())),
         ..MetricCalculationStatus::default()
     };
-    let result = result::run(plan, &Cancellation::default()).map_err(|error| CliError::Run {
+    let result = execute::run(plan, &Cancellation::default()).map_err(|error| CliError::Run {
         calculation: plan.calculation.clone(),
         error,
     })?;
-    result::complete(
+    job_contract::complete(
         &mut status,
         Some(plan.sql.clone()),
         result,

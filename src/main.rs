@@ -369,7 +369,7 @@ fn worker() -> ExitCode {
     match runtime.block_on(tally::worker::run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tally::worker::report_failure(&error);
+            runtime.block_on(tally::worker::report_failure(&error));
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
         }

@@ -2,51 +2,32 @@
 //!
 //! Reads its plan from `TALLY_PLAN`, runs it, and writes the result as JSON to the
 //! ConfigMap `<job>-result`, owned by the Job. On failure it writes a short reason to
-//! the termination log and exits non-zero; the controller reads either. SIGTERM (the
-//! Job being deleted on cancel) stops the warehouse query, whenever it comes. The
-//! worker only creates its result: its ServiceAccount may change no ConfigMap.
-
-use std::collections::BTreeMap;
+//! the ConfigMap `<job>-failure` and the termination log, and exits non-zero; the
+//! controller reads either ConfigMap (`job_contract`). SIGTERM (the Job being deleted
+//! on cancel) stops the warehouse query, whenever it comes. The worker only creates
+//! ConfigMaps: its ServiceAccount may change none.
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::ConfigMap};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{ObjectMeta, PostParams},
-};
+use kube::{Api, Client, ResourceExt, api::PostParams};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::engine::Cancellation;
+use crate::execute::{self, RunError};
+use crate::job_contract::{
+    CPU_LIMIT_ENV, CalculationResult, ContractError, DEFAULT_TERMINATION_LOG,
+    FAILURE_MESSAGE_LIMIT, JOB_NAME_ENV, MEMORY_LIMIT_ENV, NAMESPACE_ENV,
+    PERMANENT_FAILURE_EXIT_CODE, PLAN_ENV, TERMINATION_LOG_ENV, failure_config_map,
+    result_config_map, truncated,
+};
 use crate::plan::CalculationPlan;
-use crate::result::{self, CalculationResult, RunError};
 
-pub const PLAN_ENV: &str = "TALLY_PLAN";
-/// The Job's name and namespace (from the downward API).
-pub const JOB_NAME_ENV: &str = "TALLY_JOB_NAME";
-pub const NAMESPACE_ENV: &str = "TALLY_NAMESPACE";
-/// The worker container's memory limit in bytes and its CPU limit in whole cores
-/// (from the downward API; the node's allocatable amounts when the container has no
-/// limit), which DuckDB's `memory_limit` and `threads` follow unless the Warehouse
-/// sets them.
-pub const MEMORY_LIMIT_ENV: &str = "TALLY_MEMORY_LIMIT";
-pub const CPU_LIMIT_ENV: &str = "TALLY_CPU_LIMIT";
 /// The share of the container's memory DuckDB may use: the rest is the worker's own,
 /// the allocator's slack and the result.
 const DUCKDB_MEMORY_SHARE: f64 = 0.75;
-/// Where to write the failure reason; Kubernetes reads `/dev/termination-log`.
-pub const TERMINATION_LOG_ENV: &str = "TALLY_TERMINATION_LOG";
-pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
-/// The key of the result JSON in the result ConfigMap.
-pub const RESULT_KEY: &str = "result.json";
-/// Kubernetes keeps at most 4096 bytes of a termination message.
-const TERMINATION_MESSAGE_LIMIT: usize = 4000;
-
-/// The exit code of a failure that running the Job again cannot fix (an invalid plan,
-/// a missing file or column, a query the warehouse refuses): the Job's
-/// `podFailurePolicy` fails the Job at once on it instead of retrying. Other failures
-/// (the API server unreachable while writing the result) exit 1 and are retried.
-pub const PERMANENT_FAILURE_EXIT_CODE: u8 = 3;
+/// How long a failing worker tries to report its reason to the API server: the Pod's
+/// grace period after a cancel is 30 seconds.
+const FAILURE_REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -58,50 +39,10 @@ pub enum WorkerError {
     Run(#[from] RunError),
     #[error("{0}")]
     Runtime(String),
-    #[error("the result could not be encoded: {0}")]
-    Encode(serde_json::Error),
+    #[error(transparent)]
+    Contract(#[from] ContractError),
     #[error("writing the result to the cluster: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the Job {0} has no uid")]
-    JobWithoutUid(String),
-    #[error(
-        "the result is {bytes} bytes, more than its ConfigMap and the calculation's status \
-         can hold ({RESULT_LIMIT} bytes){detail}: split by fewer or coarser dimensions"
-    )]
-    ResultTooLarge { bytes: usize, detail: String },
-}
-
-/// The largest result the worker writes: a ConfigMap holds 1 MiB, and the controller
-/// copies the result into the calculation's status beside its SQL, within etcd's
-/// 1.5 MiB object limit.
-pub const RESULT_LIMIT: usize = 900 * 1024;
-
-/// Refuses a result too large to store, naming the split dimension that made it so
-/// (the one with the most values).
-pub fn check_result_size(result: &CalculationResult, json: &str) -> Result<(), WorkerError> {
-    if json.len() <= RESULT_LIMIT {
-        return Ok(());
-    }
-    let mut values: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
-    for bucket in &result.metric_results.metric_bucket_stats {
-        for dimension in &bucket.dimensions {
-            values
-                .entry(dimension.dimension.as_str())
-                .or_default()
-                .insert(dimension.value.as_str());
-        }
-    }
-    let detail = values
-        .iter()
-        .max_by_key(|(_, values)| values.len())
-        .map(|(dimension, values)| {
-            format!("; split dimension {dimension} has {} values", values.len())
-        })
-        .unwrap_or_default();
-    Err(WorkerError::ResultTooLarge {
-        bytes: json.len(),
-        detail,
-    })
 }
 
 impl WorkerError {
@@ -113,9 +54,7 @@ impl WorkerError {
             WorkerError::MissingEnv(_)
             | WorkerError::Plan(_)
             | WorkerError::Run(_)
-            | WorkerError::Encode(_)
-            | WorkerError::JobWithoutUid(_)
-            | WorkerError::ResultTooLarge { .. } => true,
+            | WorkerError::Contract(_) => true,
             WorkerError::Runtime(_) | WorkerError::Kube(_) => false,
         }
     }
@@ -128,42 +67,6 @@ impl WorkerError {
             1
         }
     }
-}
-
-pub fn result_config_map_name(job_name: &str) -> String {
-    format!("{job_name}-result")
-}
-
-/// The result ConfigMap of a Job: owned by the Job and by the Job's own owner (the
-/// MetricCalculation), so it outlives a Job that its TTL deletes before the
-/// controller has read the result, and goes when both are gone.
-pub fn result_config_map(job: &Job, result: &CalculationResult) -> Result<ConfigMap, WorkerError> {
-    let owner = job
-        .controller_owner_ref(&())
-        .ok_or_else(|| WorkerError::JobWithoutUid(job.name_any()))?;
-    let calculation = job
-        .owner_references()
-        .iter()
-        .filter(|o| o.controller == Some(true))
-        .map(|o| OwnerReference {
-            controller: None,
-            block_owner_deletion: None,
-            ..o.clone()
-        });
-    let owners = std::iter::once(owner).chain(calculation).collect();
-    let json = serde_json::to_string(result).map_err(WorkerError::Encode)?;
-    check_result_size(result, &json)?;
-    Ok(ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(result_config_map_name(&job.name_any())),
-            namespace: job.namespace(),
-            labels: job.metadata.labels.clone(),
-            owner_references: Some(owners),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(RESULT_KEY.to_string(), json)])),
-        ..ConfigMap::default()
-    })
 }
 
 fn env(name: &'static str) -> Result<String, WorkerError> {
@@ -181,7 +84,7 @@ async fn execute(
 ) -> Result<CalculationResult, WorkerError> {
     let cancellation = Cancellation::default();
     let for_query = cancellation.clone();
-    let mut task = tokio::task::spawn_blocking(move || result::run(&plan, &for_query));
+    let mut task = tokio::task::spawn_blocking(move || execute::run(&plan, &for_query));
     let joined = tokio::select! {
         joined = &mut task => joined,
         _ = terminate.recv() => {
@@ -245,114 +148,73 @@ pub async fn run() -> Result<(), WorkerError> {
         .await?;
     let config_map = result_config_map(&job, &result)?;
     let name = config_map.name_any();
-    // Create only: the worker may create ConfigMaps in its namespace and change none,
-    // so it cannot overwrite anyone else's. An existing result of this name is an
-    // earlier attempt of this Job's (the controller reads only one the Job owns).
-    match Api::<ConfigMap>::namespaced(client, &namespace)
-        .create(&PostParams::default(), &config_map)
-        .await
-    {
-        Ok(_) => tracing::info!(configmap = %name, "result written"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            tracing::info!(configmap = %name, "the result was written before")
-        }
-        Err(e) => return Err(e.into()),
+    if create_once(client, &namespace, &config_map).await? {
+        tracing::info!(configmap = %name, "result written");
+    } else {
+        tracing::info!(configmap = %name, "the result was written before");
     }
     Ok(())
 }
 
-/// Writes the failure reason where Kubernetes reads the termination message.
-pub fn report_failure(error: &WorkerError) {
+/// Creates `config_map` unless one of its name exists; whether it did. Create only:
+/// the worker may create ConfigMaps in its namespace and change none, so it cannot
+/// overwrite anyone else's. An existing one of this name is an earlier attempt's of
+/// this Job (the controller reads only one the Job owns).
+async fn create_once(
+    client: Client,
+    namespace: &str,
+    config_map: &ConfigMap,
+) -> Result<bool, kube::Error> {
+    match Api::<ConfigMap>::namespaced(client, namespace)
+        .create(&PostParams::default(), config_map)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reports why the worker failed: in the termination log (what `kubectl describe`
+/// shows) and in the Job's failure ConfigMap, which the controller reads. The
+/// ConfigMap is best effort: a worker that cannot reach the API server leaves the
+/// controller the Job's own failure reason.
+pub async fn report_failure(error: &WorkerError) {
+    let message = error.to_string();
+    let message = truncated(&message, FAILURE_MESSAGE_LIMIT);
     let path =
         std::env::var(TERMINATION_LOG_ENV).unwrap_or_else(|_| DEFAULT_TERMINATION_LOG.into());
-    let mut message = error.to_string();
-    if message.len() > TERMINATION_MESSAGE_LIMIT {
-        let mut end = TERMINATION_MESSAGE_LIMIT;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
-    if let Err(e) = std::fs::write(&path, &message) {
+    if let Err(e) = std::fs::write(&path, message) {
         eprintln!("could not write the termination message to {path}: {e}");
     }
+    let (Ok(job_name), Ok(namespace)) = (env(JOB_NAME_ENV), env(NAMESPACE_ENV)) else {
+        return;
+    };
+    match tokio::time::timeout(
+        FAILURE_REPORT_TIMEOUT,
+        write_failure(&job_name, &namespace, message),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("could not report the failure to the cluster: {e}"),
+        Err(_) => eprintln!("could not report the failure to the cluster in time"),
+    }
+}
+
+/// Creates the Job's failure ConfigMap; one an earlier attempt wrote is kept.
+async fn write_failure(job_name: &str, namespace: &str, message: &str) -> Result<(), WorkerError> {
+    let client = Client::try_default().await?;
+    let job = Api::<Job>::namespaced(client.clone(), namespace)
+        .get(job_name)
+        .await?;
+    create_once(client, namespace, &failure_config_map(&job, message)?).await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Analysis, MetricResults};
-    use crate::plan::PlanTimes;
-
-    /// A result of these buckets, at the epoch.
-    fn result_with(metric_bucket_stats: Vec<crate::api::MetricBucketStats>) -> CalculationResult {
-        let t = jiff::Timestamp::UNIX_EPOCH;
-        CalculationResult {
-            times: PlanTimes {
-                exposure_start: t,
-                exposure_end: t,
-                fact_start: t,
-                fact_end: t,
-            }
-            .to_status(),
-            metric_results: MetricResults {
-                metric_bucket_stats,
-            },
-            analysis: Analysis::default(),
-        }
-    }
-
-    #[test]
-    fn the_result_config_map_is_owned_by_the_job_and_its_calculation() {
-        let job = Job {
-            metadata: ObjectMeta {
-                name: Some("calc-1".into()),
-                namespace: Some("ns".into()),
-                uid: Some("uid-1".into()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "tally.dev/v1alpha1".into(),
-                    kind: "MetricCalculation".into(),
-                    name: "calc".into(),
-                    uid: "calc-uid".into(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }]),
-                labels: Some(BTreeMap::from([(
-                    "tally.dev/calculation".into(),
-                    "calc".into(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            ..Job::default()
-        };
-        let result = result_with(Vec::new());
-        let cm = result_config_map(&job, &result).unwrap();
-        assert_eq!(cm.metadata.name.as_deref(), Some("calc-1-result"));
-        assert_eq!(cm.metadata.namespace.as_deref(), Some("ns"));
-        let owners = cm.metadata.owner_references.unwrap();
-        let summary: Vec<_> = owners
-            .iter()
-            .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller))
-            .collect();
-        // One controller (the Job); the calculation keeps it after the Job's TTL.
-        assert_eq!(
-            summary,
-            [
-                ("Job", "uid-1", Some(true)),
-                ("MetricCalculation", "calc-uid", None)
-            ]
-        );
-        assert_eq!(owners[1].block_owner_deletion, None);
-        let back: CalculationResult = serde_json::from_str(&cm.data.unwrap()[RESULT_KEY]).unwrap();
-        assert_eq!(back, result);
-
-        let mut no_uid = job.clone();
-        no_uid.metadata.uid = None;
-        assert!(matches!(
-            result_config_map(&no_uid, &result),
-            Err(WorkerError::JobWithoutUid(_))
-        ));
-    }
 
     #[test]
     fn an_unreachable_warehouse_is_retried_and_a_refused_query_is_not() {
@@ -374,38 +236,6 @@ mod tests {
             message: "relation \"checkout.purchases\" does not exist".into(),
         }));
         assert!(missing_table.is_permanent());
-    }
-
-    #[test]
-    fn a_result_too_large_to_store_names_the_dimension_with_the_most_values() {
-        use crate::api::{DimensionValue, MetricBucketStats, SummaryStats};
-        let bucket = |country: usize| MetricBucketStats {
-            variant: "control".into(),
-            dimensions: vec![
-                DimensionValue {
-                    dimension: "platform".into(),
-                    value: "ios".into(),
-                },
-                DimensionValue {
-                    dimension: "user".into(),
-                    value: format!("user-{country}"),
-                },
-            ],
-            summary_stats: SummaryStats::default(),
-        };
-        let result = |buckets: usize| result_with((0..buckets).map(bucket).collect());
-        let small = result(100);
-        let json = serde_json::to_string(&small).unwrap();
-        assert!(check_result_size(&small, &json).is_ok());
-        let large = result(50_000);
-        let json = serde_json::to_string(&large).unwrap();
-        let error = check_result_size(&large, &json).unwrap_err();
-        assert!(error.is_permanent());
-        let message = error.to_string();
-        assert!(
-            message.contains("split dimension user has 50000 values"),
-            "{message}"
-        );
     }
 
     #[test]

@@ -137,6 +137,82 @@ fn every_schema_format_is_one_the_api_server_knows() {
     }
 }
 
+/// Every string, list and map under `schema` without a maximum size, with where it is.
+fn unbounded(path: &str, schema: &Value, found: &mut Vec<String>) {
+    let Some(fields) = schema.as_object() else {
+        return;
+    };
+    let lacks = |bound: &str| !fields.contains_key(bound);
+    match fields.get("type").and_then(Value::as_str) {
+        Some("string") if lacks("maxLength") => found.push(path.to_string()),
+        Some("array") if lacks("maxItems") => found.push(path.to_string()),
+        Some("object")
+            if fields
+                .get("additionalProperties")
+                .is_some_and(Value::is_object)
+                && lacks("maxProperties") =>
+        {
+            found.push(path.to_string())
+        }
+        _ => {}
+    }
+    for (key, value) in fields {
+        match (key.as_str(), value) {
+            ("properties", Value::Object(properties)) => {
+                for (name, child) in properties {
+                    unbounded(&format!("{path}.{name}"), child, found);
+                }
+            }
+            ("items" | "additionalProperties", child) => {
+                unbounded(&format!("{path}[]"), child, found)
+            }
+            ("allOf" | "anyOf" | "oneOf", Value::Array(children)) => {
+                for child in children {
+                    unbounded(path, child, found);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn every_string_list_and_map_a_user_writes_has_a_maximum_size() {
+    for crd in tally::api::crds() {
+        let kind = crd.spec.names.kind.clone();
+        let schema = schema(&kind);
+        let mut found = Vec::new();
+        unbounded(
+            &format!("{kind}.spec"),
+            &schema["properties"]["spec"],
+            &mut found,
+        );
+        if kind.ends_with("Table") {
+            // Tables' status is written by the user's pipelines.
+            unbounded(
+                &format!("{kind}.status"),
+                &schema["properties"]["status"],
+                &mut found,
+            );
+        }
+        assert!(found.is_empty(), "unbounded: {found:#?}");
+    }
+    // The bounds are what the API server checks; a source's SQL may be longer than
+    // other strings.
+    let fact_table = schema("FactTable");
+    let source = &fact_table["properties"]["spec"]["properties"]["source"]["properties"];
+    assert_eq!(source["sql"]["maxLength"], tally::api::MAX_SQL_LENGTH);
+    assert_eq!(source["files"]["maxLength"], tally::api::MAX_STRING_LENGTH);
+    // A bound a field declares itself is kept.
+    let calculation = schema("MetricCalculation");
+    let template = &calculation["properties"]["spec"]["properties"];
+    assert_eq!(template["splitDimensions"]["maxItems"], 8);
+    assert_eq!(
+        template["metric"]["maxLength"],
+        tally::api::MAX_STRING_LENGTH
+    );
+}
+
 #[test]
 fn crds_have_names_columns_and_status() {
     for crd in tally::api::crds() {

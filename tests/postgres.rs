@@ -263,7 +263,7 @@ fn a_cancelled_worker_stops_its_query_and_leaves_the_server() {
         .env("TALLY_TERMINATION_LOG", scratch.join("termination-log"))
         .env("KUBECONFIG", scratch.join("no-kubeconfig"))
         // As the Job's Secret reference sets it.
-        .env(tally::engine::postgres::PASSWORD_ENV, PASSWORD)
+        .env(tally::job_contract::POSTGRES_PASSWORD_ENV, PASSWORD)
         .env("PGPASSWORD", PASSWORD)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -476,7 +476,7 @@ fn ssl_modes_encrypt_and_verify_full_checks_the_server_against_the_ca() {
     // for the name the certificate has.
     let ca = std::fs::read_to_string(server.ca_path()).unwrap();
     // SAFETY: only this test reads or writes this variable.
-    unsafe { std::env::set_var(tally::engine::postgres::CA_ENV, ca) };
+    unsafe { std::env::set_var(tally::job_contract::POSTGRES_CA_ENV, ca) };
     assert_eq!(ssl_of(&engine("verify-full", "localhost")), Ok(true));
-    unsafe { std::env::remove_var(tally::engine::postgres::CA_ENV) };
+    unsafe { std::env::remove_var(tally::job_contract::POSTGRES_CA_ENV) };
 }

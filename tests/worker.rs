@@ -10,8 +10,8 @@ use std::{
 use serde_json::{Value, json};
 
 const SLOW: &str = "SELECT count(*) AS n FROM range(1000000000000) AS a(i) WHERE hash(i) % 7 = 3";
-/// tally's permanent-failure exit code (`tally::worker::PERMANENT_FAILURE_EXIT_CODE`).
-const PERMANENT: i32 = tally::worker::PERMANENT_FAILURE_EXIT_CODE as i32;
+/// tally's permanent-failure exit code (`tally::job_contract::PERMANENT_FAILURE_EXIT_CODE`).
+const PERMANENT: i32 = tally::job_contract::PERMANENT_FAILURE_EXIT_CODE as i32;
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tally-worker-{test}-{}", std::process::id()));

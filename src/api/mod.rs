@@ -68,30 +68,37 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ScheduledMetricCalculation::crd(),
     ];
     for crd in &mut crds {
+        // A table's status is written by the user's pipelines, so it is bounded like
+        // a spec; the other kinds' status is Tally's own, bounded where it is written.
+        let user_written_status = crd.spec.names.kind.ends_with("Table");
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
                 .schema
                 .as_mut()
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
-                kubernetes_integer_formats(schema);
+                visit_schemas(schema, &mut kubernetes_integer_formats);
+                for (field, part) in schema.properties.iter_mut().flatten() {
+                    if field == "spec" || (field == "status" && user_written_status) {
+                        bound_sizes(field, part);
+                    }
+                }
             }
         }
     }
     crds
 }
 
-/// Rust's unsigned integers become `int32`/`int64`: the API server knows no
-/// `uint32` format and warns on every apply of a CRD that has one (the bounds are
-/// in `minimum`/`maximum`).
-fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
-    match schema.format.as_deref() {
-        Some("uint8" | "uint16" | "uint32" | "int8" | "int16") => {
-            schema.format = Some("int32".into())
-        }
-        Some("uint64" | "uint" | "uint128" | "int128") => schema.format = Some("int64".into()),
-        _ => {}
-    }
+/// The longest `sql` a table source or a Metric may hold.
+pub const MAX_SQL_LENGTH: i64 = 64 * 1024;
+/// The longest of any other string a user writes.
+pub const MAX_STRING_LENGTH: i64 = 4096;
+/// The most items of a list, or entries of a map, a user writes.
+pub const MAX_ITEMS: i64 = 256;
+
+/// Calls `visit` on `schema` and on every schema nested in it.
+fn visit_schemas(schema: &mut JSONSchemaProps, visit: &mut impl FnMut(&mut JSONSchemaProps)) {
+    visit(schema);
     let nested = schema
         .properties
         .iter_mut()
@@ -110,7 +117,69 @@ fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
         _ => None,
     };
     for child in nested.chain(items).chain(additional) {
-        kubernetes_integer_formats(child);
+        visit_schemas(child, visit);
+    }
+}
+
+/// Rust's unsigned integers become `int32`/`int64`: the API server knows no
+/// `uint32` format and warns on every apply of a CRD that has one (the bounds are
+/// in `minimum`/`maximum`).
+fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
+    match schema.format.as_deref() {
+        Some("uint8" | "uint16" | "uint32" | "int8" | "int16") => {
+            schema.format = Some("int32".into())
+        }
+        Some("uint64" | "uint" | "uint128" | "int128") => schema.format = Some("int64".into()),
+        _ => {}
+    }
+}
+
+/// Gives every string, list and map under `schema` (the property `name`) a maximum
+/// size it lacks: the API server then refuses an object that would cost the
+/// controller memory on every reconcile (a megabyte of `sql` in each of many tables),
+/// and can bound the cost of CEL rules. `sql` may be longer than other strings.
+fn bound_sizes(name: &str, schema: &mut JSONSchemaProps) {
+    match schema.type_.as_deref() {
+        Some("string") if schema.max_length.is_none() => {
+            schema.max_length = Some(if name == "sql" {
+                MAX_SQL_LENGTH
+            } else {
+                MAX_STRING_LENGTH
+            });
+        }
+        Some("array") if schema.max_items.is_none() => schema.max_items = Some(MAX_ITEMS),
+        Some("object")
+            if schema.max_properties.is_none()
+                && matches!(
+                    schema.additional_properties,
+                    Some(JSONSchemaPropsOrBool::Schema(_))
+                ) =>
+        {
+            schema.max_properties = Some(MAX_ITEMS)
+        }
+        _ => {}
+    }
+    for (field, child) in schema.properties.iter_mut().flatten() {
+        bound_sizes(field, child);
+    }
+    let composed = schema
+        .all_of
+        .iter_mut()
+        .flatten()
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten());
+    for child in composed {
+        bound_sizes(name, child);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(item)) => bound_sizes(name, item),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(|item| bound_sizes(name, item))
+        }
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(value)) = schema.additional_properties.as_mut() {
+        bound_sizes(name, value);
     }
 }
 

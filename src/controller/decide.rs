@@ -7,8 +7,8 @@ use super::conditions::{self, set_condition};
 use super::readiness::DataWait;
 
 use crate::api::{CalculationState, MetricCalculationStatus};
+use crate::job_contract::{CalculationResult, complete};
 use crate::plan::{CalculationPlan, PlanError};
-use crate::result::{CalculationResult, complete};
 
 /// What the calculation's Job looks like now.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,12 +19,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 
 use crate::api::{JobSettings, KeyReference, MetricCalculation};
-use crate::engine::postgres::{CA_ENV, PASSWORD_ENV};
-use crate::plan::CalculationPlan;
-use crate::worker::{
+use crate::job_contract::{
     CPU_LIMIT_ENV, JOB_NAME_ENV, MEMORY_LIMIT_ENV, NAMESPACE_ENV, PERMANENT_FAILURE_EXIT_CODE,
-    PLAN_ENV,
+    PLAN_ENV, POSTGRES_CA_ENV as CA_ENV, POSTGRES_PASSWORD_ENV as PASSWORD_ENV,
 };
+use crate::plan::CalculationPlan;
 
 pub const CALCULATION_LABEL: &str = "tally.dev/calculation";
 

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::{
     batch::v1::Job,
-    core::v1::{ConfigMap, Pod, ServiceAccount},
+    core::v1::{ConfigMap, ServiceAccount},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -54,9 +54,10 @@ use crate::api::{
     Metric, MetricCalculation, SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL,
     SUPERSEEDS_ANNOTATION, ScheduleState, ScheduledMetricCalculation, Warehouse,
 };
+use crate::job_contract::{
+    self, CalculationResult, failure_config_map_name, owned_by, result_config_map_name,
+};
 use crate::plan::{self, Catalog};
-use crate::result::CalculationResult;
-use crate::worker::{RESULT_KEY, result_config_map_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -180,24 +181,22 @@ impl References {
 
     /// The namespace's catalog, from the caches.
     fn catalog(&self, namespace: &str) -> Catalog {
+        // The cache's own objects, shared: a namespace's tables may hold large sources.
         fn of<K: Resource<DynamicType = ()> + Clone>(
             store: &Store<K>,
             namespace: &str,
-        ) -> impl Iterator<Item = K> {
+        ) -> impl Iterator<Item = Arc<K>> {
             store
                 .state()
                 .into_iter()
-                .filter(|o| o.meta().namespace.as_deref() == Some(namespace))
-                .map(|o| (*o).clone())
-                .collect::<Vec<_>>()
-                .into_iter()
+                .filter(move |o| o.meta().namespace.as_deref() == Some(namespace))
         }
         let mut catalog = Catalog::default();
-        of(&self.warehouses, namespace).for_each(|r| catalog.add_warehouse(r));
-        of(&self.exposure_tables, namespace).for_each(|r| catalog.add_exposure_table(r));
-        of(&self.fact_tables, namespace).for_each(|r| catalog.add_fact_table(r));
-        of(&self.dimension_tables, namespace).for_each(|r| catalog.add_dimension_table(r));
-        of(&self.metrics, namespace).for_each(|r| catalog.add_metric(r));
+        of(&self.warehouses, namespace).for_each(|r| catalog.add_shared(r));
+        of(&self.exposure_tables, namespace).for_each(|r| catalog.add_shared(r));
+        of(&self.fact_tables, namespace).for_each(|r| catalog.add_shared(r));
+        of(&self.dimension_tables, namespace).for_each(|r| catalog.add_shared(r));
+        of(&self.metrics, namespace).for_each(|r| catalog.add_shared(r));
         catalog
     }
 
@@ -265,6 +264,21 @@ async fn fetch_reference(
     .is_some())
 }
 
+/// The ConfigMap `name` if it exists and is owned by the object with uid `owner`: one
+/// of the same name may be left by an earlier Job of the name, or made by anyone who
+/// may create ConfigMaps.
+async fn owned_config_map(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    owner: &str,
+) -> Result<Option<ConfigMap>, kube::Error> {
+    Ok(Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .filter(|config_map| owned_by(config_map, owner)))
+}
+
 /// The worker's result in the ConfigMap of the Job `job`, if that ConfigMap exists
 /// and is owned by the object with uid `owner` (the Job, or once the Job is gone, the
 /// calculation, which the worker makes an owner too).
@@ -274,24 +288,11 @@ async fn job_result(
     job: &str,
     owner: &str,
 ) -> Result<Option<Result<CalculationResult, String>>, kube::Error> {
-    let Some(config_map) = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .get_opt(&result_config_map_name(job))
-        .await?
-    else {
-        return Ok(None);
-    };
-    if !owned_by(&config_map, owner) {
-        return Ok(None);
-    }
-    Ok(Some(
-        match config_map.data.and_then(|mut d| d.remove(RESULT_KEY)) {
-            Some(json) => serde_json::from_str::<CalculationResult>(&json)
-                .map_err(|e| format!("the worker's result could not be read: {e}")),
-            None => Err(format!(
-                "the result ConfigMap of the Job {job} holds no result"
-            )),
-        },
-    ))
+    Ok(
+        owned_config_map(client, namespace, &result_config_map_name(job), owner)
+            .await?
+            .map(|config_map| job_contract::read_result(config_map, job)),
+    )
 }
 
 /// The state of the Job `name` that the calculation with `owner` uid created, and
@@ -418,19 +419,16 @@ async fn state_of_job(
         return Ok(JobState::Succeeded(result));
     }
     if is("Failed") {
-        let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-            .list(&ListParams::default().labels(&format!("job-name={name}")))
-            .await?;
-        let message = pods
-            .items
-            .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
-            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-            .find(|m| !m.trim().is_empty())
+        // Why the worker failed, as it reported it; a worker that could not (killed,
+        // or the API server out of reach) leaves the Job's own reason.
+        let reported = match job.metadata.uid.as_deref() {
+            Some(job_uid) => {
+                owned_config_map(client, namespace, &failure_config_map_name(name), job_uid).await?
+            }
+            None => None,
+        };
+        let message = reported
+            .and_then(job_contract::read_failure)
             .unwrap_or_else(|| {
                 let reason = conditions
                     .iter()
@@ -478,11 +476,6 @@ where
     let mut patch = status_patch(old, new);
     patch["metadata"] = serde_json::json!({ "resourceVersion": object.resource_version() });
     patch
-}
-
-/// Whether the object with `uid` is among `object`'s owners.
-fn owned_by(object: &impl Resource, uid: &str) -> bool {
-    object.owner_references().iter().any(|r| r.uid == uid)
 }
 
 /// A merge patch that replaces the whole status with `new`. Nested objects are diffed
@@ -1122,7 +1115,7 @@ mod tests {
         // A cluster's Warehouse declares where its data is; `tally run` infers it.
         let data = std::mem::take(&mut catalog.local_data_directories);
         for warehouse in catalog.warehouses.values_mut() {
-            warehouse
+            Arc::make_mut(warehouse)
                 .spec
                 .duckdb
                 .get_or_insert_with(Default::default)
@@ -1134,7 +1127,7 @@ mod tests {
     /// A Complete Job `calc-1` of the calculation `calc-uid`, and its result ConfigMap
     /// owned by `owners`.
     fn completed_job_and_result(owners: &[&str]) -> std::collections::BTreeMap<String, Value> {
-        let result = crate::result::CalculationResult {
+        let result = crate::job_contract::CalculationResult {
             times: crate::plan::CalculationPlan::for_tests().times.to_status(),
             metric_results: crate::api::MetricResults::default(),
             analysis: crate::api::Analysis::default(),
@@ -1151,7 +1144,7 @@ mod tests {
             "metadata": {"name": "calc-1-result", "namespace": "default",
                 "ownerReferences": owners.iter().map(|uid| serde_json::json!({
                     "apiVersion": "v1", "kind": "Thing", "name": "x", "uid": uid})).collect::<Vec<_>>()},
-            "data": {RESULT_KEY: serde_json::to_string(&result).unwrap()},
+            "data": {crate::job_contract::RESULT_KEY: serde_json::to_string(&result).unwrap()},
         });
         [
             (
@@ -1188,14 +1181,14 @@ mod tests {
     #[tokio::test]
     async fn a_reference_the_cache_has_not_seen_yet_is_fetched_and_resolves() {
         let (catalog, calculation) = example();
-        let warehouse = catalog.warehouses.values().next().unwrap().clone();
+        let warehouse = (**catalog.warehouses.values().next().unwrap()).clone();
         let references = References {
             // The Warehouse's watch event triggered this reconcile; its cache lags.
             warehouses: cache([]),
-            exposure_tables: cache(catalog.exposure_tables.values().cloned()),
-            fact_tables: cache(catalog.fact_tables.values().cloned()),
-            dimension_tables: cache(catalog.dimension_tables.values().cloned()),
-            metrics: cache(catalog.metrics.values().cloned()),
+            exposure_tables: cache(catalog.exposure_tables.values().map(|r| (**r).clone())),
+            fact_tables: cache(catalog.fact_tables.values().map(|r| (**r).clone())),
+            dimension_tables: cache(catalog.dimension_tables.values().map(|r| (**r).clone())),
+            metrics: cache(catalog.metrics.values().map(|r| (**r).clone())),
         };
         let path = format!(
             "/apis/tally.dev/v1alpha1/namespaces/default/warehouses/{}",
@@ -1223,10 +1216,10 @@ mod tests {
     async fn a_reference_that_does_not_exist_is_asked_for_once_and_stays_missing() {
         let (catalog, calculation) = example();
         let references = References {
-            warehouses: cache(catalog.warehouses.values().cloned()),
-            exposure_tables: cache(catalog.exposure_tables.values().cloned()),
-            fact_tables: cache(catalog.fact_tables.values().cloned()),
-            dimension_tables: cache(catalog.dimension_tables.values().cloned()),
+            warehouses: cache(catalog.warehouses.values().map(|r| (**r).clone())),
+            exposure_tables: cache(catalog.exposure_tables.values().map(|r| (**r).clone())),
+            fact_tables: cache(catalog.fact_tables.values().map(|r| (**r).clone())),
+            dimension_tables: cache(catalog.dimension_tables.values().map(|r| (**r).clone())),
             metrics: cache([]),
         };
         let (client, asked) = api_server([].into());

@@ -21,13 +21,14 @@ use super::schedule_decide::{
     Child, DEFAULT_FAILED_HISTORY_LIMIT, DEFAULT_HISTORY_LIMIT, NewRun, ScheduleAction,
     ScheduleObserved, decide_schedule,
 };
-use super::{Context, ControllerError, owned_by, status_patch_over};
+use super::{Context, ControllerError, status_patch_over};
 use crate::api::{
     CANCEL_ANNOTATION, DEFINITION_ANNOTATION, MetricCalculation, MetricCalculationSpec,
     RESUME_ANNOTATION, RETRIGGER_ANNOTATION, RETRIGGERED_BY_ANNOTATION,
     SCHEDULE_ITERATION_ANNOTATION, SCHEDULE_LABEL, SCHEDULE_RUN_ANNOTATION, SUPERSEEDS_ANNOTATION,
     ScheduledMetricCalculation,
 };
+use crate::job_contract::owned_by;
 use crate::plan::{self, Catalog};
 use crate::schedule::RunGrid;
 

@@ -22,15 +22,11 @@ use tokio_postgres::{CancelToken, Client, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::api::{PostgresSettings, SslMode};
+use crate::job_contract::POSTGRES_CA_ENV as CA_ENV;
 use crate::plan::{Dialect, EngineSettings, SourceCheck, SqlValue, check_statement};
 
 use super::{Cancellation, EngineError, Interrupt, QueryResult};
 
-/// The variable a calculation Job's password arrives in (from the Warehouse's
-/// Secret, set by Kubernetes).
-pub const PASSWORD_ENV: &str = "TALLY_POSTGRES_PASSWORD";
-/// The variable a calculation Job's CA certificate (PEM) arrives in.
-pub const CA_ENV: &str = "TALLY_POSTGRES_CA";
 /// libpq's variable for a CA file, read when `CA_ENV` is not set (`tally run`).
 const CA_FILE_ENV: &str = "PGSSLROOTCERT";
 const APPLICATION_NAME: &str = "tally";

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{CalculationTimes, DuckDbSettings, Engine, PostgresSettings};
 use crate::stats::MeasureShape;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Reference};
 pub use fragment::check_statement;
 pub use resolve::{ResolvedCalculation, Source, TableRead, resolve};
 pub use rows::{RowError, SqlValue, read_buckets};

@@ -357,7 +357,7 @@ fn dereference<'a>(
         catalog
             .warehouses
             .get(name)
-            .map(|warehouse| (name.as_str(), warehouse))
+            .map(|warehouse| (name.as_str(), &**warehouse))
             .ok_or_else(|| missing(referrer, "spec.warehouse", "Warehouse", name))
     })
     .transpose()?;
@@ -396,7 +396,7 @@ fn dereference<'a>(
                     catalog
                         .dimension_tables
                         .get(name)
-                        .map(|table| (table, format!("DimensionTable/{}", table.name_any())))
+                        .map(|table| (&**table, format!("DimensionTable/{}", table.name_any())))
                         .ok_or_else(|| {
                             missing(
                                 &me,

@@ -1,6 +1,6 @@
 //! A fault-injecting proxy in front of the real kube-apiserver: the faults a test
-//! needs (5xx answers, requests that never get one) on top of the real API server's
-//! behaviour, without a fake API server.
+//! needs (5xx answers, requests that never get one, watches whose resourceVersion
+//! has expired) on top of the real API server's behaviour, without a fake API server.
 //!
 //! The proxy listens on plain HTTP on loopback and forwards each request through a
 //! [`kube::Client`] of its own, so the upstream identity (TLS, a ServiceAccount
@@ -28,6 +28,10 @@ pub enum Fault {
     /// Never answer (a stuck API server or a dead connection): the client's own
     /// timeouts must rescue it.
     Hang,
+    /// For watch requests only: answer as the API server does when the watch's
+    /// resourceVersion was compacted away, with a `410 Gone` ERROR event; the client
+    /// must list again. Other requests pass.
+    WatchExpired,
 }
 
 #[derive(Debug)]
@@ -75,12 +79,13 @@ impl Faults {
         });
     }
 
-    fn take(&self, method: &str, path: &str) -> Option<Fault> {
+    fn take(&self, method: &str, path: &str, is_watch: bool) -> Option<Fault> {
         let mut rules = self.lock();
         let index = rules.iter().rposition(|r| {
             r.remaining > 0
                 && path.starts_with(&r.path_prefix)
                 && r.method.as_deref().is_none_or(|m| m == method)
+                && (is_watch || r.fault != Fault::WatchExpired)
         })?;
         rules[index].remaining -= 1;
         let fault = rules[index].fault.clone();
@@ -180,9 +185,14 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
-    match faults.take(&method, &path) {
+    let is_watch = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    match faults.take(&method, &path, is_watch) {
         Some(Fault::Status(code)) => return Ok(status_response(code, &path)),
         Some(Fault::Hang) => std::future::pending::<()>().await,
+        Some(Fault::WatchExpired) => return Ok(expired_watch_response()),
         None => {}
     }
     let (parts, body) = request.into_parts();
@@ -257,6 +267,28 @@ fn status_response(code: u16, path: &str) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() =
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What kube-apiserver streams to a watch from a compacted resourceVersion.
+fn expired_watch_response() -> Response<ProxyBody> {
+    let event = serde_json::json!({
+        "type": "ERROR",
+        "object": {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": "too old resource version: 1 (2)",
+            "reason": "Expired",
+            "code": 410,
+        },
+    });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!("{event}\n")))));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),

@@ -438,6 +438,50 @@ fn fact_tables(cluster: &TestCluster) -> Api<DynamicObject> {
 }
 
 #[tokio::test]
+async fn the_api_server_refuses_a_table_too_large_to_cache() {
+    let cluster = TestCluster::start("oversized-table").await;
+    // A megabyte of SQL in each of a namespace's tables would be held by the
+    // controller's caches and every plan: the schema's bounds refuse it.
+    let table = |sql: String, measurements: usize| {
+        serde_json::from_value::<DynamicObject>(json!({
+            "apiVersion": "tally.dev/v1alpha1",
+            "kind": "FactTable",
+            "metadata": {"name": "huge"},
+            "spec": {
+                "source": {"sql": sql},
+                "entityColumn": "user_id",
+                "timestampColumn": "ts",
+                "measurements": (0..measurements).map(|i| json!({"name": format!("m{i}")})).collect::<Vec<_>>(),
+            },
+        }))
+        .unwrap()
+    };
+    let create = |object: DynamicObject| {
+        let api = fact_tables(&cluster);
+        async move { api.create(&Default::default(), &object).await }
+    };
+    let refused = |result: Result<DynamicObject, kube::Error>, expected: &str| match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains(expected), "{status:?}");
+        }
+        other => panic!("an oversized FactTable was stored: {other:?}"),
+    };
+    let sql = |bytes: usize| format!("SELECT 1 AS v /* {} */", "x".repeat(bytes));
+    refused(
+        create(table(sql(1024 * 1024), 1)).await,
+        "spec.source.sql: Too long",
+    );
+    refused(
+        create(table(sql(10), 1000)).await,
+        "spec.measurements: Too many",
+    );
+    create(table(sql(60 * 1024), 3))
+        .await
+        .expect("a FactTable within the bounds is stored");
+}
+
+#[tokio::test]
 async fn a_lagging_table_holds_the_run_in_waiting_across_restarts() {
     let cluster = example_cluster("lagging-table").await;
     // The purchases pipeline has delivered data only until 20 October.
@@ -542,6 +586,32 @@ async fn api_errors_are_retried_not_turned_into_failures() {
     }
     assert_eq!(calculation_jobs(&cluster).await.len(), 4);
     assert_eq!(faults.injected(), 5, "every injected fault met a request");
+}
+
+#[tokio::test]
+async fn expired_watches_are_listed_again_and_nothing_is_missed() {
+    let cluster = TestCluster::start("expired-watches").await;
+    let Some(faults) = cluster.faults() else {
+        return;
+    };
+    // Every watch the controller opens (about twenty: its kinds, their Jobs and runs,
+    // the reference caches) first meets `410 Gone`, as after an etcd compaction; some
+    // meet it twice. The calculations arrive while the watches are failing.
+    const EXPIRED: usize = 30;
+    faults.fail_next("/", EXPIRED, Fault::WatchExpired);
+    let _controller = cluster.start_controller();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.apply_yaml(&cluster.example_manifests().await).await;
+    for name in [
+        "checkout-conversion",
+        "checkout-revenue",
+        "checkout-order-value",
+        "checkout-max-basket",
+    ] {
+        wait_for_state(&cluster, name, "Completed", 180).await;
+    }
+    assert_eq!(calculation_jobs(&cluster).await.len(), 4);
+    assert_eq!(faults.injected(), EXPIRED, "every expiry met a watch");
 }
 
 /// Whether the namespace holds a Warning Event with `reason` about `name`.

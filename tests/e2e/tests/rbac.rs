@@ -124,6 +124,14 @@ async fn the_controller_may_do_what_the_chart_grants_and_nothing_more() {
             .list(&ListParams::default())
             .await,
     );
+    // A failed worker reports why in a ConfigMap: Pods (whose specs may carry other
+    // applications' settings) are not the controller's to read.
+    forbidden(
+        "listing Pods",
+        Api::<Pod>::namespaced(controller.clone(), namespace)
+            .list(&ListParams::default())
+            .await,
+    );
     forbidden(
         "creating a Pod",
         Api::<Pod>::namespaced(controller.clone(), namespace)
