@@ -472,3 +472,43 @@ fn an_exposure_row_without_a_variant_still_marks_the_first_exposure() {
     assert_eq!(overall(&status, "treatment"), (1, 0.0, 0));
     assert_eq!(status["analysis"]["multipleVariantEntities"], 0);
 }
+
+#[test]
+fn facts_that_match_no_row_in_any_window_are_said_to_leave_no_values() {
+    // Every purchase is after the calculation's endTime: zeros that say nothing.
+    let facts = "user_id,ts,amount,order_id\n\
+                 1,2026-10-20T00:00:00Z,1,o-1\n\
+                 4,2026-10-21T00:00:00Z,3,o-4\n";
+    for (aggregation, replaced) in [("Sum", true), ("Mean", false)] {
+        let dir = experiment(
+            &format!("no-values-{aggregation}"),
+            facts,
+            &format!(
+                "  average:\n    measurement: {{factTable: facts, measurement: amount, aggregation: {aggregation}}}"
+            ),
+        );
+        let table = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Table)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            table.contains("none of the 6 exposed entities has a value of the metric"),
+            "{aggregation}: {table}"
+        );
+        let status = status(&dir);
+        assert_eq!(
+            status["analysis"]["entitiesWithoutValue"], 6,
+            "{aggregation}"
+        );
+        // A sum fills the missing with 0 and counts them; a mean leaves them out.
+        let expected = if replaced { (3, 0.0, 0) } else { (0, 0.0, 0) };
+        assert_eq!(overall(&status, "control"), expected, "{aggregation}");
+    }
+    // One matching row is a result.
+    let dir = experiment(
+        "some-values",
+        "user_id,ts,amount,order_id\n1,2026-10-02T00:00:00Z,1,o-1\n",
+        "  average:\n    measurement: {factTable: facts, measurement: amount, aggregation: Sum}",
+    );
+    let table = cli::run(&[dir.join("manifests.yaml")], &[], OutputFormat::Table).unwrap();
+    assert!(!table.contains("has a value of the metric"), "{table}");
+    std::fs::remove_dir_all(&dir).ok();
+}

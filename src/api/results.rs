@@ -158,6 +158,32 @@ pub struct Analysis {
     pub multiple_variant_entities: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_ratio_mismatch: Option<SampleRatioMismatch>,
+    /// Exposed entities (every variant) with no value of the metric before null
+    /// handling. When it is every one of them, the fact tables matched no rows in
+    /// anyone's window and the figures are zeros that say nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub entities_without_value: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+impl Analysis {
+    /// What to tell the reader when no exposed entity has a value of the metric.
+    pub fn no_values_warning(&self) -> Option<String> {
+        let exposed: i64 = self
+            .sample_ratio_mismatch
+            .as_ref()
+            .map_or(0, |srm| srm.counts.values().sum());
+        (exposed > 0 && self.entities_without_value >= exposed).then(|| {
+            format!(
+                "none of the {exposed} exposed entities has a value of the metric: its fact \
+                 tables matched no rows in their windows (check the FactTable's source, time \
+                 column and delivery, the metric's filter and window, and endTime)"
+            )
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

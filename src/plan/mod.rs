@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{CalculationTimes, DuckDbSettings, Engine, PostgresSettings};
 use crate::stats::MeasureShape;
 
+pub(crate) use catalog::reference_kinds;
 pub use catalog::{Catalog, Reference};
 pub use fragment::check_statement;
 pub use resolve::{ResolvedCalculation, Source, TableRead, resolve};
@@ -156,14 +157,19 @@ pub fn quote_literal(text: &str) -> String {
 }
 
 /// Everything needed to run a calculation and read its result: self-contained, so it
-/// can travel inside a Job.
+/// can travel inside a Job. As JSON it carries each `sql:` source's text once
+/// (`wire::Plan`): the statement's source CTEs and the source checks are rebuilt from
+/// `sqlSources`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "wire::Plan", from = "wire::Plan")]
 pub struct CalculationPlan {
     /// `namespace/name` of the calculation, for messages.
     pub calculation: String,
     pub engine: EngineSettings,
+    /// The whole statement.
     pub sql: String,
+    /// The `sql:` sources the statement reads, each once; they open it as CTEs.
+    pub sql_sources: Vec<String>,
     pub layout: ResultLayout,
     pub times: PlanTimes,
     pub control: String,
@@ -197,6 +203,7 @@ impl CalculationPlan {
             control: "control".into(),
             exposure_groups: vec![],
             sources: vec![],
+            sql_sources: vec![],
         }
     }
 }
@@ -216,8 +223,13 @@ pub struct SourceCheck {
     /// The glob of a `files` source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<String>,
-    /// A statement that returns the source's columns and no row.
+    /// A statement that returns the source's columns and no row (as JSON, left out
+    /// for an `sql:` source: it is rebuilt from `sql_source`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sql: String,
+    /// The `sql:` source it checks, by its index in the plan's `sql_sources`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_source: Option<usize>,
     /// The columns the calculation reads from it.
     pub columns: Vec<ColumnRead>,
 }
@@ -274,10 +286,11 @@ impl PlanTimes {
 /// Compiles a resolved calculation to its plan, in its engine's dialect.
 pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
     let dialect = resolved.engine.dialect();
+    let (statement, sql_sources) = sql::statement_and_sql_sources(resolved, dialect);
     CalculationPlan {
         calculation: resolved.calculation.clone(),
         engine: resolved.engine.clone(),
-        sql: sql::statement(resolved, dialect),
+        sql: statement,
         layout: ResultLayout {
             ratio: resolved.measures.len() == 2,
             cuped: resolved.pre_exposure_window.is_some(),
@@ -302,6 +315,10 @@ pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
                     files,
                     // Resolution refuses a source the engine cannot read.
                     sql: sql::columns_of(&read.source, dialect).unwrap_or_default(),
+                    sql_source: match &read.source {
+                        Source::Sql(text) => sql_sources.iter().position(|s| s == text),
+                        _ => None,
+                    },
                     columns: read
                         .columns
                         .iter()
@@ -313,6 +330,113 @@ pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
                 }
             })
             .collect(),
+        sql_sources,
+    }
+}
+
+/// The JSON form of a plan: each `sql:` source's text once, in `sqlSources`; the
+/// statement without the CTEs they open it with, and the source checks without the
+/// statements that read them, are rebuilt from it.
+mod wire {
+    use serde::{Deserialize, Serialize};
+
+    use super::{CalculationPlan, EngineSettings, PlanTimes, ResultLayout, SourceCheck, sql};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Plan {
+        calculation: String,
+        engine: EngineSettings,
+        /// The statement after the CTEs of `sql_sources`.
+        sql: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sql_sources: Vec<String>,
+        layout: ResultLayout,
+        times: PlanTimes,
+        control: String,
+        exposure_groups: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        sources: Vec<SourceCheck>,
+    }
+
+    impl From<CalculationPlan> for Plan {
+        fn from(plan: CalculationPlan) -> Self {
+            let body = sql::after_sql_sources(&plan.sql, &plan.sql_sources)
+                .filter(|_| !plan.sql_sources.is_empty())
+                .map(str::to_string);
+            let (statement, sql_sources, sources) = match body {
+                Some(body) => {
+                    let sources = plan
+                        .sources
+                        .into_iter()
+                        .map(|check| match check.sql_source {
+                            Some(_) => SourceCheck {
+                                sql: String::new(),
+                                ..check
+                            },
+                            None => check,
+                        })
+                        .collect();
+                    (body, plan.sql_sources, sources)
+                }
+                // Not a statement of `compile`: carried whole.
+                None => {
+                    let sources = plan
+                        .sources
+                        .into_iter()
+                        .map(|check| SourceCheck {
+                            sql_source: None,
+                            ..check
+                        })
+                        .collect();
+                    (plan.sql, Vec::new(), sources)
+                }
+            };
+            Plan {
+                calculation: plan.calculation,
+                engine: plan.engine,
+                sql: statement,
+                sql_sources,
+                layout: plan.layout,
+                times: plan.times,
+                control: plan.control,
+                exposure_groups: plan.exposure_groups,
+                sources,
+            }
+        }
+    }
+
+    impl From<Plan> for CalculationPlan {
+        fn from(wire: Plan) -> Self {
+            let sql = if wire.sql_sources.is_empty() {
+                wire.sql
+            } else {
+                sql::with_sql_sources(&wire.sql_sources, &wire.sql)
+            };
+            let sources = wire
+                .sources
+                .into_iter()
+                .map(|mut check| {
+                    if check.sql.is_empty()
+                        && let Some(text) = check.sql_source.and_then(|i| wire.sql_sources.get(i))
+                    {
+                        check.sql = sql::columns_of_sql(text);
+                    }
+                    check
+                })
+                .collect();
+            CalculationPlan {
+                calculation: wire.calculation,
+                engine: wire.engine,
+                sql,
+                sql_sources: wire.sql_sources,
+                layout: wire.layout,
+                times: wire.times,
+                control: wire.control,
+                exposure_groups: wire.exposure_groups,
+                sources,
+            }
+        }
     }
 }
 

@@ -296,8 +296,8 @@ pub fn resolve(
 /// The resources a calculation names, found.
 struct References<'a> {
     calculation: &'a MetricCalculation,
-    /// `MetricCalculation/name`, `Metric/name`, `ExposureTable/name`.
-    me: String,
+    /// `MetricCalculation/name`: who refers, in messages.
+    calculation_name: String,
     metric: &'a Metric,
     metric_name: String,
     exposure_table: &'a ExposureTable,
@@ -329,19 +329,19 @@ fn dereference<'a>(
     calculation: &'a MetricCalculation,
     catalog: &'a Catalog,
 ) -> Result<References<'a>, PlanError> {
-    let me = format!("MetricCalculation/{}", calculation.name_any());
+    let calculation_name = format!("MetricCalculation/{}", calculation.name_any());
     let template = &calculation.spec.calculation;
     let metric = catalog
         .metrics
         .get(&template.metric)
-        .ok_or_else(|| missing(&me, "spec.metric", "Metric", &template.metric))?;
+        .ok_or_else(|| missing(&calculation_name, "spec.metric", "Metric", &template.metric))?;
     let metric_name = format!("Metric/{}", metric.name_any());
     let exposure_table = catalog
         .exposure_tables
         .get(&template.exposure_table)
         .ok_or_else(|| {
             missing(
-                &me,
+                &calculation_name,
                 "spec.exposureTable",
                 "ExposureTable",
                 &template.exposure_table,
@@ -349,7 +349,7 @@ fn dereference<'a>(
         })?;
     let exposure_name = format!("ExposureTable/{}", exposure_table.name_any());
     let warehouse = match (&template.warehouse, &exposure_table.spec.warehouse) {
-        (Some(name), _) => Some((name, me.as_str())),
+        (Some(name), _) => Some((name, calculation_name.as_str())),
         (None, Some(name)) => Some((name, exposure_name.as_str())),
         (None, None) => None,
     }
@@ -399,7 +399,7 @@ fn dereference<'a>(
                         .map(|table| (&**table, format!("DimensionTable/{}", table.name_any())))
                         .ok_or_else(|| {
                             missing(
-                                &me,
+                                &calculation_name,
                                 &format!("{field}.dimensionTable"),
                                 "DimensionTable",
                                 name,
@@ -416,7 +416,7 @@ fn dereference<'a>(
         .collect::<Result<Vec<_>, PlanError>>()?;
     Ok(References {
         calculation,
-        me,
+        calculation_name,
         metric,
         metric_name,
         exposure_table,
@@ -550,13 +550,13 @@ fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
         })
         .transpose()?;
 
-    let me = &r.me;
+    let calculation_name = &r.calculation_name;
     let spec = &r.calculation.spec;
     let start = spec.start_time.0;
     let end = spec.end_time.0;
     if end <= start {
         return Err(PlanError::invalid(
-            me,
+            calculation_name,
             "spec.endTime",
             "must be after spec.startTime",
         ));
@@ -564,7 +564,7 @@ fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
     let exposure_end = match &spec.exposure_end_time {
         Some(t) if t.0 <= start || t.0 > end => {
             return Err(PlanError::invalid(
-                me,
+                calculation_name,
                 "spec.exposureEndTime",
                 "must be after spec.startTime and not after spec.endTime",
             ));
@@ -586,7 +586,7 @@ fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
             .any(|s| s.split.name == split.split.name)
         {
             return Err(PlanError::invalid(
-                me,
+                calculation_name,
                 format!("{}.name", split.field),
                 "is listed twice",
             ));
@@ -594,7 +594,7 @@ fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
     }
     if let Some(i) = template.exposure_groups.iter().position(|g| g.is_empty()) {
         return Err(PlanError::invalid(
-            me,
+            calculation_name,
             format!("spec.exposureGroups[{i}]"),
             "is empty",
         ));
@@ -605,7 +605,7 @@ fn validate(r: &References, catalog: &Catalog) -> Result<Settings, PlanError> {
     {
         // Every effect is against the control: without it there is no analysis.
         return Err(PlanError::invalid(
-            me,
+            calculation_name,
             "spec.exposureGroups",
             format!(
                 "does not contain the control variant {control:?}; add it, or set \
@@ -828,7 +828,7 @@ fn assemble(r: &References, settings: Settings) -> Result<ResolvedCalculation, P
                     .find(|(_, d)| d.name == split.split.name)
                     .ok_or_else(|| {
                         PlanError::invalid(
-                            &r.me,
+                            &r.calculation_name,
                             format!("{field}.name"),
                             format!(
                                 "DimensionTable {} declares no dimension {:?}",
@@ -876,7 +876,7 @@ fn assemble(r: &References, settings: Settings) -> Result<ResolvedCalculation, P
                     .find(|(_, d)| d.name == split.split.name)
                     .ok_or_else(|| {
                         PlanError::invalid(
-                            &r.me,
+                            &r.calculation_name,
                             format!("{field}.name"),
                             format!(
                                 "ExposureTable {} declares no dimension {:?}; name a dimensionTable or declare it on the exposure table",

@@ -611,3 +611,41 @@ fn buckets_without_grouping_sets_equal_those_with() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_plan_carries_each_sql_source_once() {
+    // A long SQL source, read by the exposures and by the facts.
+    let long = format!(
+        "SELECT * FROM events WHERE note <> '{}'",
+        "x".repeat(60_000)
+    );
+    let exposures = EXPOSURES.replace("files: /data/exposures.csv", &format!("sql: \"{long}\""));
+    let purchases = PURCHASES.replace("table: analytics.purchases", &format!("sql: \"{long}\""));
+    let plan =
+        compile(&resolve(&calculation(), &catalog(&exposures, &purchases, REVENUE)).unwrap());
+    assert_eq!(plan.sql_sources, std::slice::from_ref(&long));
+    assert_eq!(
+        plan.sql.matches(&long).count(),
+        1,
+        "the statement reads it from a CTE"
+    );
+    let checks: Vec<_> = plan.sources.iter().map(|c| c.sql_source).collect();
+    assert_eq!(checks, [Some(0), Some(0)]);
+
+    let json = serde_json::to_string(&plan).unwrap();
+    assert_eq!(
+        json.matches(&long).count(),
+        1,
+        "the plan's JSON carries it once"
+    );
+    assert!(json.len() < long.len() + 20_000, "{} bytes", json.len());
+    let back: CalculationPlan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, plan);
+
+    // A plan without SQL sources travels as it is.
+    let plan = compile(&resolve(&calculation(), &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap());
+    assert!(plan.sql_sources.is_empty());
+    let back: CalculationPlan =
+        serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
+    assert_eq!(back, plan);
+}

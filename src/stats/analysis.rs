@@ -50,6 +50,7 @@ pub fn analyse(input: &AnalysisInput) -> Analysis {
             p_value: sample_ratio_mismatch_p(&counts),
             counts,
         }),
+        entities_without_value: overall.values().map(|b| b.count_missing).sum(),
     }
 }
 
@@ -273,6 +274,41 @@ mod tests {
         // χ² = (4−5)²/5 + (6−5)²/5 = 0.4 with 1 dof
         let p = srm.p_value.unwrap();
         assert!((p - libm::erfc((0.2f64).sqrt())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn entities_without_a_value_are_counted_over_the_overall_buckets() {
+        let mut control = average_bucket("control", &[0.0, 0.0, 0.0]);
+        control.count_missing = 3;
+        let mut treatment = average_bucket("treatment", &[0.0, 0.0]);
+        treatment.count_missing = 2;
+        let mut split = average_bucket("treatment", &[0.0]);
+        split.dimension = Some(crate::api::DimensionValue {
+            dimension: "platform".into(),
+            value: "ios".into(),
+        });
+        split.count_missing = 1;
+        let input = |buckets: &[BucketSums]| {
+            analyse(&AnalysisInput {
+                buckets,
+                control: "control",
+                expected_variants: &[],
+                multiple_variant_entities: 0,
+            })
+        };
+        let analysis = input(&[control.clone(), treatment.clone(), split]);
+        assert_eq!(analysis.entities_without_value, 5);
+        let warning = analysis.no_values_warning().unwrap();
+        assert!(
+            warning.contains("none of the 5 exposed entities"),
+            "{warning}"
+        );
+
+        treatment.count_missing = 1;
+        let analysis = input(&[control, treatment]);
+        assert_eq!(analysis.entities_without_value, 4);
+        assert_eq!(analysis.no_values_warning(), None);
+        assert_eq!(input(&[]).no_values_warning(), None);
     }
 
     #[test]

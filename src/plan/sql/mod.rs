@@ -27,6 +27,7 @@
 
 pub mod dialect;
 
+use std::cell::RefCell;
 use std::fmt::Write;
 
 use crate::api::Aggregation;
@@ -36,8 +37,23 @@ use super::resolve::{DimensionFrom, Measure, ResolvedCalculation, Source};
 pub use dialect::Dialect;
 
 /// The statement of a resolved calculation, in `dialect`.
+#[cfg(test)]
 pub fn statement(c: &ResolvedCalculation, dialect: &dyn Dialect) -> String {
-    let compiler = Compiler { c, d: dialect };
+    statement_and_sql_sources(c, dialect).0
+}
+
+/// The statement of a resolved calculation, in `dialect`, and the `sql:` sources it
+/// reads, each once: they open the statement as CTEs ([`with_sql_sources`]), so a
+/// plan can carry each source's text once beside the rest of the statement.
+pub fn statement_and_sql_sources(
+    c: &ResolvedCalculation,
+    dialect: &dyn Dialect,
+) -> (String, Vec<String>) {
+    let compiler = Compiler {
+        c,
+        d: dialect,
+        sql_sources: RefCell::default(),
+    };
     let mut ctes = vec![
         compiler.exposure_rows(),
         compiler.exposure_entities(),
@@ -53,7 +69,36 @@ pub fn statement(c: &ResolvedCalculation, dialect: &dyn Dialect) -> String {
     ctes.push(pivots);
     ctes.push(buckets);
     ctes.push(compiler.multiple_variants());
-    format!("WITH\n{}\n{}", ctes.join(",\n"), compiler.result())
+    let body = format!("{}\n{}", ctes.join(",\n"), compiler.result());
+    let sql_sources = compiler.sql_sources.into_inner();
+    (with_sql_sources(&sql_sources, &body), sql_sources)
+}
+
+/// The name of the CTE of the `index`th `sql:` source.
+fn sql_source_name(index: usize) -> String {
+    format!("tally_sql_source_{index}")
+}
+
+/// The statement whose CTEs after those of `sql_sources` are `body`.
+pub fn with_sql_sources(sql_sources: &[String], body: &str) -> String {
+    let mut ctes: Vec<String> = sql_sources
+        .iter()
+        .enumerate()
+        .map(|(index, sql)| cte(&sql_source_name(index), sql))
+        .collect();
+    ctes.push(body.to_string());
+    format!("WITH\n{}", ctes.join(",\n"))
+}
+
+/// What follows the CTEs of `sql_sources` in a statement built by
+/// [`with_sql_sources`]; `None` for a statement that does not open with them.
+pub fn after_sql_sources<'a>(statement: &'a str, sql_sources: &[String]) -> Option<&'a str> {
+    statement.strip_prefix(&with_sql_sources(sql_sources, ""))
+}
+
+/// A statement that returns the columns of an `sql:` source and no row.
+pub fn columns_of_sql(sql: &str) -> String {
+    format!("SELECT * FROM ({sql}) AS source LIMIT 0")
 }
 
 /// A statement that returns the columns of a source and no row; `None` when the
@@ -61,6 +106,7 @@ pub fn statement(c: &ResolvedCalculation, dialect: &dyn Dialect) -> String {
 pub fn columns_of(source: &Source, dialect: &dyn Dialect) -> Option<String> {
     let from = match source {
         Source::Files(glob) => dialect.files_columns(glob)?,
+        Source::Sql(sql) => return Some(columns_of_sql(sql)),
         other => source_sql(other, None, dialect)?,
     };
     Some(format!("SELECT * FROM {from} AS source LIMIT 0"))
@@ -84,6 +130,8 @@ fn cte(name: &str, body: &str) -> String {
 struct Compiler<'a> {
     c: &'a ResolvedCalculation,
     d: &'a dyn Dialect,
+    /// The `sql:` sources read so far, each once, by the index of its CTE.
+    sql_sources: RefCell<Vec<String>>,
 }
 
 impl Compiler<'_> {
@@ -97,7 +145,20 @@ impl Compiler<'_> {
 
     /// Resolution refuses a source its engine cannot read, so a `None` here is
     /// unreachable; the statement then fails on the warehouse, naming it.
+    /// An `sql:` source is read from its CTE: its text, which may be long, stands in
+    /// the statement once however many reads it has.
     fn source(&self, source: &Source, timestamp: Option<&str>) -> String {
+        if let Source::Sql(sql) = source {
+            let mut sql_sources = self.sql_sources.borrow_mut();
+            let index = match sql_sources.iter().position(|known| known == sql) {
+                Some(index) => index,
+                None => {
+                    sql_sources.push(sql.clone());
+                    sql_sources.len() - 1
+                }
+            };
+            return sql_source_name(index);
+        }
         source_sql(source, timestamp, self.d).unwrap_or_else(|| "unreadable_source".into())
     }
 

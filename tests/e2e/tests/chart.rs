@@ -164,7 +164,6 @@ fn the_default_chart_is_valid_least_privilege_and_restricted() {
         [
             "/configmaps: get",
             "/events: list",
-            "/pods: list",
             "/serviceaccounts: get",
             "batch/jobs: create,delete,get,list,watch",
             "events.k8s.io/events: create,patch",

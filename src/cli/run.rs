@@ -1,4 +1,5 @@
-//! What the subcommands that need no cluster do: `run`, `sql`, `crds`.
+//! `tally run`: every MetricCalculation of the manifests, run in-process on its
+//! warehouse, printed for people (a table) or as the status the controller writes.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
@@ -6,33 +7,15 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::CliError;
+use super::manifest;
 use crate::api::{
     self, Analysis, Effect, MetricCalculation, MetricCalculationStatus, MetricResults,
 };
 use crate::engine::Cancellation;
-use crate::execute::{self, RunError};
+use crate::execute;
 use crate::job_contract;
-use crate::manifest::{self, ManifestError};
-use crate::plan::{self, CalculationPlan, Catalog, PlanError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("{path}: {error}")]
-    Plan { path: String, error: PlanError },
-    #[error("{calculation}: {error}")]
-    Run {
-        calculation: String,
-        error: RunError,
-    },
-    #[error("no MetricCalculation found in {0}")]
-    NothingToRun(String),
-    #[error(transparent)]
-    Bench(#[from] crate::bench::BenchError),
-    #[error("could not write {path}: {message}")]
-    Write { path: String, message: String },
-}
+use crate::plan::{self, CalculationPlan, Catalog};
 
 /// Loads manifests and compiles every MetricCalculation in them; nothing runs yet, so
 /// bad input fails before any output.
@@ -135,7 +118,7 @@ pub fn run(
             .map(|(calculation, status)| {
                 let object =
                     serde_json::to_value(with_status(calculation, status)).unwrap_or_default();
-                format!("---\n{}", crate::yaml::to_string(&object))
+                format!("---\n{}", super::yaml::to_string(&object))
             })
             .collect(),
         OutputFormat::Json => {
@@ -157,55 +140,6 @@ fn with_status(
     let mut out = calculation.clone();
     out.status = Some(status.clone());
     out
-}
-
-/// `tally sql`: the SQL of every calculation.
-pub fn sql(paths: &[PathBuf], dialect: Option<api::Engine>) -> Result<String, CliError> {
-    let mut out = String::new();
-    for (calculation, plan) in compile_all(paths, &[], dialect)? {
-        let _ = writeln!(
-            out,
-            "-- MetricCalculation {}\n{};\n",
-            calculation.name_any(),
-            plan.sql.trim_end()
-        );
-    }
-    Ok(out)
-}
-
-/// `tally plan`: every calculation's plan, as the JSON a Job receives.
-pub fn plans(paths: &[PathBuf]) -> Result<String, CliError> {
-    let plans: Vec<CalculationPlan> = compile_all(paths, &[], None)?
-        .into_iter()
-        .map(|(_, plan)| plan)
-        .collect();
-    let mut text = serde_json::to_string_pretty(&plans).unwrap_or_default();
-    text.push('\n');
-    Ok(text)
-}
-
-/// `tally crds`: every CRD as YAML, or one file per kind into a directory.
-pub fn crds(output_dir: Option<&PathBuf>) -> Result<String, CliError> {
-    let mut all = String::new();
-    for crd in api::crds() {
-        let yaml = serde_yaml::to_string(&crd).unwrap_or_default();
-        match output_dir {
-            Some(dir) => {
-                let file = dir.join(format!(
-                    "{}.yaml",
-                    crd.spec.names.singular.clone().unwrap_or_default()
-                ));
-                std::fs::write(&file, &yaml).map_err(|e| CliError::Write {
-                    path: file.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            }
-            None => {
-                let _ = write!(all, "---\n{yaml}");
-            }
-        }
-    }
-    Ok(all)
 }
 
 fn number(value: f64) -> String {
@@ -376,6 +310,7 @@ pub fn warnings(analysis: &Analysis, control: &str) -> Vec<String> {
         );
         return out;
     }
+    out.extend(analysis.no_values_warning());
     if counts.get(control).copied().unwrap_or(0) == 0 {
         out.push(format!(
             "no entity in the control variant {control:?}: no effects computed"
@@ -404,6 +339,7 @@ mod tests {
                 counts: counts.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
                 p_value: None,
             }),
+            entities_without_value: 0,
         }
     }
 

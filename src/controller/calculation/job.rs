@@ -33,7 +33,7 @@ pub struct JobDefaults {
     pub image: String,
     pub service_account_name: Option<String>,
     /// What a Warehouse's `job` settings may ask for.
-    pub policy: super::JobPolicy,
+    pub policy: super::job_policy::JobPolicy,
     pub backoff_limit: i32,
     pub active_deadline_seconds: i64,
     pub ttl_seconds_after_finished: i32,
@@ -74,7 +74,7 @@ impl Default for JobDefaults {
         Self {
             image: concat!("ghcr.io/tally-dev/tally:", env!("CARGO_PKG_VERSION")).to_string(),
             service_account_name: None,
-            policy: super::JobPolicy::default(),
+            policy: super::job_policy::JobPolicy::default(),
             backoff_limit: 2,
             active_deadline_seconds: 6 * 3600,
             ttl_seconds_after_finished: 7 * 24 * 3600,
@@ -107,7 +107,7 @@ fn limit_env(name: &str, resource: &str) -> EnvVar {
 
 /// The deterministic Job name of a calculation's generation (at most 63 characters).
 pub fn job_name(calculation: &str, generation: i64) -> String {
-    super::names::bounded(calculation, &format!("-{generation}"), 63)
+    crate::controller::plumbing::names::bounded(calculation, &format!("-{generation}"), 63)
 }
 
 /// The ServiceAccount a calculation Job runs as: its Warehouse's, else the
@@ -201,20 +201,23 @@ fn credentials(plan: &mut CalculationPlan) -> Vec<EnvVar> {
     env
 }
 
+/// The Job that runs `plan` for `calculation`, or why there can be none.
 pub fn build_job(
     calculation: &MetricCalculation,
     plan: &CalculationPlan,
     settings: &JobSettings,
     defaults: &JobDefaults,
-) -> Option<Job> {
-    let owner = calculation.controller_owner_ref(&())?;
+) -> Result<Job, String> {
+    let owner = calculation
+        .controller_owner_ref(&())
+        .ok_or("the MetricCalculation has no uid to own its Job")?;
     let name = job_name(
         &calculation.name_any(),
         calculation.metadata.generation.unwrap_or(1),
     );
     let labels = BTreeMap::from([(
         CALCULATION_LABEL.to_string(),
-        super::names::label_value(&calculation.name_any()),
+        crate::controller::plumbing::names::label_value(&calculation.name_any()),
     )]);
     // The root filesystem is read-only: DuckDB spills to the scratch volume unless
     // the Warehouse names another place. A Warehouse volume of the scratch volume's
@@ -230,7 +233,8 @@ pub fn build_job(
         .temp_directory
         .get_or_insert_with(|| SCRATCH_MOUNT.to_string());
     let credentials = credentials(&mut plan);
-    let plan_json = serde_json::to_string(&plan).ok()?;
+    let plan_json =
+        serde_json::to_string(&plan).map_err(|e| format!("the plan could not be encoded: {e}"))?;
     let mut env = vec![
         EnvVar {
             name: PLAN_ENV.into(),
@@ -297,7 +301,7 @@ pub fn build_job(
         }),
         ..Container::default()
     };
-    Some(Job {
+    Ok(Job {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: calculation.namespace(),

@@ -7,6 +7,10 @@ use kube::{
 };
 use serde_json::json;
 
+use std::process::ExitCode;
+
+use super::runtime;
+
 use crate::api::{
     CANCEL_ANNOTATION, MetricCalculation, RESUME_ANNOTATION, RETRIGGER_ANNOTATION,
     ScheduledMetricCalculation,
@@ -225,6 +229,39 @@ pub async fn annotate(
         Request::Retrigger => "retrigger requested",
     };
     Ok(format!("{}/{name} {verb}\n", kind.resource()))
+}
+
+/// `tally cancel`, `resume` and `retrigger`.
+pub fn command(target: &str, namespace: Option<String>, request: Request) -> ExitCode {
+    // A typo fails here, before any cluster is contacted.
+    let annotation = match prepare(target, request) {
+        Ok(annotation) => annotation,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async {
+        let result = match Cluster::connect().await {
+            Ok(cluster) => annotate(&cluster, namespace.as_deref(), annotation)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ spec:
     denominator: {{factTable: purchases, aggregation: Count}}
 {warehouse}"#,
     );
-    let mut manifests = crate::manifest::Manifests::default();
+    let mut manifests = super::manifest::Manifests::default();
     manifests
         .add_text(&dir.join("bench.yaml"), &yaml)
         .map_err(|e| BenchError::Resources(e.to_string()))?;
@@ -457,4 +457,25 @@ pub fn run(
         std::fs::remove_dir_all(&sub).ok();
     }
     Ok(report)
+}
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum BenchEngine {
+    Duckdb,
+    Postgres,
+}
+
+/// `tally bench`: the data in `dir` (default: under the system temp dir), timed on
+/// DuckDB and, with `--engine postgres`, on `postgres` too.
+pub fn command(
+    dir: Option<std::path::PathBuf>,
+    entities: u64,
+    facts: u64,
+    repeat: u32,
+    ids: EntityIds,
+    engine: BenchEngine,
+    postgres: PostgresTarget,
+) -> Result<String, super::CliError> {
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("tally-bench"));
+    let postgres = (engine == BenchEngine::Postgres).then_some(postgres);
+    Ok(run(&dir, entities, facts, repeat, ids, postgres.as_ref())?)
 }
