@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::controller::decision::{Decision, Requeue};
-use crate::controller::plumbing::act::{self, Shared, event, warning};
+use crate::controller::plumbing::act::{self, event, warning};
 use crate::controller::plumbing::conditions::{self, set_condition};
 use crate::controller::readiness::DataWait;
 
@@ -210,33 +210,7 @@ fn running_reason(observed: &Observed) -> Option<&str> {
         .map(|c| c.reason.as_str())
 }
 
-impl act::Action for Action {
-    type Status = MetricCalculationStatus;
-
-    fn event(warning: bool, reason: &'static str, note: String) -> Self {
-        Action::Event {
-            warning,
-            reason,
-            note,
-        }
-    }
-
-    fn shared(self) -> Result<Shared<MetricCalculationStatus>, Self> {
-        match self {
-            Action::SetStatus(status) => Ok(Shared::SetStatus(status)),
-            Action::Event {
-                warning,
-                reason,
-                note,
-            } => Ok(Shared::Event {
-                warning,
-                reason,
-                note,
-            }),
-            own => Err(own),
-        }
-    }
-}
+act::shared_actions!(Action, MetricCalculationStatus);
 
 fn set(status: MetricCalculationStatus) -> Action {
     Action::SetStatus(Box::new(status))

@@ -53,6 +53,42 @@ pub trait Action: Sized {
     fn shared(self) -> Result<Shared<Self::Status>, Self>;
 }
 
+/// Implements [`Action`] for a lifecycle's action enum, whose `SetStatus(Box<Status>)`
+/// and `Event { warning, reason, note }` variants are the shared ones.
+macro_rules! shared_actions {
+    ($action:ident, $status:ty) => {
+        impl $crate::controller::plumbing::act::Action for $action {
+            type Status = $status;
+
+            fn event(warning: bool, reason: &'static str, note: String) -> Self {
+                $action::Event {
+                    warning,
+                    reason,
+                    note,
+                }
+            }
+
+            fn shared(self) -> Result<$crate::controller::plumbing::act::Shared<$status>, Self> {
+                use $crate::controller::plumbing::act::Shared;
+                match self {
+                    $action::SetStatus(status) => Ok(Shared::SetStatus(status)),
+                    $action::Event {
+                        warning,
+                        reason,
+                        note,
+                    } => Ok(Shared::Event {
+                        warning,
+                        reason,
+                        note,
+                    }),
+                    own => Err(own),
+                }
+            }
+        }
+    };
+}
+pub(crate) use shared_actions;
+
 /// An action publishing a Normal Event.
 pub fn event<A: Action>(reason: &'static str, note: impl Into<String>) -> A {
     A::event(false, reason, note.into())

@@ -16,7 +16,7 @@ use crate::api::{
     ScheduleError, ScheduleState, Scheduled, ScheduledMetricCalculationStatus, WaitingForData,
 };
 use crate::controller::decision::{Decision, Requeue};
-use crate::controller::plumbing::act::{self, Shared, event, warning};
+use crate::controller::plumbing::act::{self, event, warning};
 use crate::controller::plumbing::conditions::{self, condition, reason_of, set_condition};
 use crate::controller::plumbing::names;
 use crate::controller::readiness::{TableDelivery, first_undelivered};
@@ -148,33 +148,7 @@ pub fn child_name(schedule: &str, iteration: i64, run: u64) -> String {
     names::bounded(schedule, &format!("-{iteration}-{run}"), 253)
 }
 
-impl act::Action for ScheduleAction {
-    type Status = ScheduledMetricCalculationStatus;
-
-    fn event(warning: bool, reason: &'static str, note: String) -> Self {
-        ScheduleAction::Event {
-            warning,
-            reason,
-            note,
-        }
-    }
-
-    fn shared(self) -> Result<Shared<ScheduledMetricCalculationStatus>, Self> {
-        match self {
-            ScheduleAction::SetStatus(status) => Ok(Shared::SetStatus(status)),
-            ScheduleAction::Event {
-                warning,
-                reason,
-                note,
-            } => Ok(Shared::Event {
-                warning,
-                reason,
-                note,
-            }),
-            own => Err(own),
-        }
-    }
-}
+act::shared_actions!(ScheduleAction, ScheduledMetricCalculationStatus);
 
 /// Builds the decision while tracking the status it moves to.
 struct Decider<'a> {
