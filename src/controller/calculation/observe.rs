@@ -13,8 +13,8 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use super::decide::{JobState, MissingServiceAccount, Observed, ScheduleOrigin};
 use super::job::{self, build_job, job_name};
 use crate::api::{
-    CANCEL_ANNOTATION, CalculationState, JobSettings, MetricCalculation,
-    SCHEDULE_ITERATION_ANNOTATION, SUPERSEEDS_ANNOTATION,
+    CANCEL_ANNOTATION, JobSettings, MetricCalculation, SCHEDULE_ITERATION_ANNOTATION,
+    SUPERSEEDS_ANNOTATION,
 };
 use crate::controller::readiness;
 use crate::controller::{Context, ControllerError};
@@ -76,7 +76,7 @@ pub async fn observe(
     let mut job_spec = None;
     let mut missing_service_account = None;
     if let Ok(plan) = &plan
-        && may_create_job(&status, generation, cancel_requested, &job)
+        && may_create_job(super::settled(calculation), cancel_requested, &job)
     {
         job_spec = Some(build_job(calculation, plan, &warehouse, &ctx.defaults).map(Box::new));
         if let Some(account) = job::service_account(&warehouse, &ctx.defaults) {
@@ -110,16 +110,9 @@ pub async fn observe(
 }
 
 /// Whether a reconcile may create the calculation's Job: it has none, this generation
-/// has not finished, and no cancel is asked for.
-fn may_create_job(
-    status: &crate::api::MetricCalculationStatus,
-    generation: i64,
-    cancel_requested: bool,
-    job: &JobState,
-) -> bool {
-    let finished = status.state.is_some_and(CalculationState::is_terminal)
-        && status.observed_generation == Some(generation);
-    *job == JobState::Missing && !finished && !cancel_requested
+/// has not finished (`settled`), and no cancel is asked for.
+fn may_create_job(settled: bool, cancel_requested: bool, job: &JobState) -> bool {
+    *job == JobState::Missing && !settled && !cancel_requested
 }
 
 /// The ServiceAccount `name` when it does not exist in `namespace`.
