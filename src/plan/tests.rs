@@ -194,7 +194,7 @@ fn string_literals_are_escaped() {
     let mut calc = calculation();
     calc.spec.calculation.exposure_groups = vec!["control".into(), "it's".into()];
     let plan = compile(&resolve(&calc, &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap());
-    assert!(plan.sql.contains("variant IN ('control', 'it''s')"));
+    assert!(plan.sql.contains("min(variant) IN ('control', 'it''s')"));
     let exposures = EXPOSURES.replace("/data/exposures.csv", "/data/o'brien.csv");
     let plan = compile(&resolve(&calculation(), &catalog(&exposures, PURCHASES, REVENUE)).unwrap());
     assert!(plan.sql.contains("read_csv('/data/o''brien.csv'"));
@@ -294,7 +294,7 @@ fn times_are_checked_and_cuped_moves_the_fact_start() {
     assert!(plan.layout.cuped);
     // The closed window keeps only complete entities, and pre/post windows share one join.
     assert!(plan.sql.contains(
-        "first_exposure + to_microseconds(608400000000::BIGINT) <= TIMESTAMP '2026-11-05 00:00:00'"
+        "min(ts) + to_microseconds(608400000000::BIGINT) <= TIMESTAMP '2026-11-05 00:00:00'"
     ));
     assert_eq!(
         plan.sql

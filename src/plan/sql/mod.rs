@@ -3,8 +3,10 @@
 //! Shape of the statement:
 //! 1. `exposure_rows` → `exposure_entities`: first exposure and the smallest and
 //!    largest variant per entity (they differ for a multiple-variant entity, which is
-//!    excluded and counted).
-//! 2. `exposed`: single-variant entities in the exposure groups whose window is complete.
+//!    excluded and counted), and the variant of the entities kept: single-variant, in
+//!    the exposure groups, with a complete window.
+//! 2. `exposed`: the kept entities. The engine may compute both again at each read
+//!    rather than store them (`Dialect::recomputed_cte`).
 //! 3. per fact read: `facts_i` (filtered rows in the fact time range) joined once to
 //!    `exposed` on the entity alone and aggregated per entity (`entity_facts_i`).
 //!    Facts are the probe side and the grouping key is the fact table's column, whose
@@ -124,7 +126,12 @@ fn source_sql(source: &Source, timestamp: Option<&str>, d: &dyn Dialect) -> Opti
 
 /// A named CTE.
 fn cte(name: &str, body: &str) -> String {
-    format!("{name} AS (\n  {body}\n)")
+    cte_with(name, "", body)
+}
+
+/// A named CTE with a materialization keyword (`Dialect::recomputed_cte`).
+fn cte_with(name: &str, keyword: &str, body: &str) -> String {
+    format!("{name} AS {keyword}(\n  {body}\n)")
 }
 
 struct Compiler<'a> {
@@ -204,15 +211,21 @@ impl Compiler<'_> {
     }
 
     /// First exposure, smallest and largest variant, and the first row's exposure
-    /// dimensions per entity.
+    /// dimensions per entity, and its variant when the entity is kept (else NULL).
+    ///
+    /// Whether an entity is kept is a column, not a `WHERE`: a filter on aggregates
+    /// has no statistics, so PostgreSQL would estimate it keeps 0.5% of the entities
+    /// and then hash the facts instead of the entities. `IS NOT NULL` on the column
+    /// is estimated to keep nearly all, which is the common case.
     fn exposure_entities(&self) -> String {
+        let (c, d) = (self.c, self.d);
         // The first row's value, a null one included; of rows at the same first
         // time, the smallest value wins (nulls last), so the result does not depend
         // on row order.
         let dims: String = self
             .exposure_dimensions()
             .map(|(i, _)| {
-                let first = self.d.first_by(
+                let first = d.first_by(
                     &format!("dim_{i}"),
                     &["ts".to_string(), format!("dim_{i}")],
                     false,
@@ -220,45 +233,47 @@ impl Compiler<'_> {
                 format!(",\n    {first} AS dim_{i}")
             })
             .collect();
-        cte(
-            "exposure_entities",
-            &format!(
-                "SELECT entity, min(ts) AS first_exposure, min(variant) AS variant, max(variant) AS last_variant{dims}\n  FROM exposure_rows\n  GROUP BY entity"
-            ),
-        )
-    }
-
-    /// Step 2: the kept entities.
-    fn exposed(&self) -> String {
-        let (c, d) = (self.c, self.d);
         // One variant per entity: its smallest and largest variant agree (cheaper
         // than counting distinct variants).
-        let mut kept = String::from("variant = last_variant");
+        let mut kept = String::from("min(variant) = max(variant)");
         if !c.exposure_groups.is_empty() {
             let groups: Vec<String> = c
                 .exposure_groups
                 .iter()
                 .map(|g| d.quote_literal(g))
                 .collect();
-            let _ = write!(kept, " AND variant IN ({})", groups.join(", "));
+            let _ = write!(kept, " AND min(variant) IN ({})", groups.join(", "));
         }
         if let Some(end) = c.window_end {
             // A closed window counts only once it is complete.
             let _ = write!(
                 kept,
                 " AND {} <= {}",
-                d.add_duration("first_exposure", end),
+                d.add_duration("min(ts)", end),
                 d.instant(c.times.fact_end)
             );
         }
+        cte_with(
+            "exposure_entities",
+            d.recomputed_cte(),
+            &format!(
+                "SELECT entity, min(ts) AS first_exposure, min(variant) AS variant, max(variant) AS last_variant,\n    CASE WHEN {kept} THEN min(variant) END AS kept_variant{dims}\n  FROM exposure_rows\n  GROUP BY entity"
+            ),
+        )
+    }
+
+    /// Step 2: the kept entities.
+    fn exposed(&self) -> String {
+        let d = self.d;
         let dims: String = self
             .exposure_dimensions()
             .map(|(i, _)| format!(", dim_{i}"))
             .collect();
-        cte(
+        cte_with(
             "exposed",
+            d.recomputed_cte(),
             &format!(
-                "SELECT entity, first_exposure, {} AS first_exposure_key, variant{dims}\n  FROM exposure_entities\n  WHERE {kept}",
+                "SELECT entity, first_exposure, {} AS first_exposure_key, kept_variant AS variant{dims}\n  FROM exposure_entities\n  WHERE kept_variant IS NOT NULL",
                 d.instant_key("first_exposure")
             ),
         )
