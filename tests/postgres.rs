@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use common::cases::{resources, table_name};
 use common::postgres::{DATABASE, PASSWORD, Postgres, USER};
 use common::{case_dirs, compare_to_expected, testdata_dir};
-use tally::plan::{self, CalculationPlan, Catalog};
+use tally::api::Engine;
+use tally::plan::{self, CalculationPlan, Catalog, dialect};
 
 /// The variable the tests' Warehouses read the password from. Each test sets it to
 /// the same value before any calculation runs.
@@ -53,32 +54,95 @@ fn load_dataset(server: &Postgres, dataset: &str) {
     }
 }
 
-fn calculation_on(catalog: &mut Catalog, server: &Postgres, mut calculation: Value) -> Value {
-    catalog.add_warehouse(serde_json::from_value(server.warehouse("pg", PASSWORD_ENV)).unwrap());
+fn calculation_on(catalog: &mut Catalog, server: &Postgres, calculation: Value) -> Value {
+    calculation_on_schema(catalog, server, calculation, None)
+}
+
+/// `calculation` on the server's Warehouse `pg`, whose `schema` is `schema`.
+fn calculation_on_schema(
+    catalog: &mut Catalog,
+    server: &Postgres,
+    mut calculation: Value,
+    schema: Option<&str>,
+) -> Value {
+    let mut warehouse = server.warehouse("pg", PASSWORD_ENV);
+    if let Some(schema) = schema {
+        warehouse["spec"]["postgres"]["schema"] = json!(schema);
+    }
+    catalog.add_warehouse(serde_json::from_value(warehouse).unwrap());
     calculation["spec"]["warehouse"] = json!("pg");
     calculation
 }
 
+/// How a reference case reads its tables and spells its statement.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    /// Schema-qualified table names, in PostgreSQL's dialect.
+    Qualified,
+    /// Bare table names, found in the Warehouse's `schema`.
+    WarehouseSchema,
+    /// As `Qualified`, with the buckets a `UNION ALL` instead of `GROUPING SETS`.
+    WithoutGroupingSets,
+}
+
 /// The plan of a reference case on the server.
 fn case_plan(server: &Postgres, dir: &Path) -> CalculationPlan {
+    case_plan_in(server, dir, Form::Qualified)
+}
+
+fn case_plan_in(server: &Postgres, dir: &Path, form: Form) -> CalculationPlan {
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let dataset = case["data"].as_str().unwrap().to_string();
     let data = testdata_dir().join("data").join(&dataset);
     let schema = schema_of(&dataset);
-    let source = move |file: &str| json!({"table": format!("{schema}.{}", table_name(file).replace('-', "_"))});
+    let in_schema = schema.clone();
+    let qualified = !matches!(form, Form::WarehouseSchema);
+    let source = move |file: &str| {
+        let table = table_name(file).replace('-', "_");
+        if qualified {
+            json!({"table": format!("{in_schema}.{table}")})
+        } else {
+            json!({"table": table})
+        }
+    };
     let (mut catalog, calculation) = resources(&case, &data, &source);
-    let calculation = calculation_on(
+    let calculation = calculation_on_schema(
         &mut catalog,
         server,
         serde_json::to_value(&calculation).unwrap(),
+        (!qualified).then_some(schema.as_str()),
     );
     let calculation = serde_json::from_value(calculation).unwrap();
     let resolved =
         plan::resolve(&calculation, &catalog).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    plan::compile(&resolved)
+    match form {
+        Form::WithoutGroupingSets => {
+            let plan = plan::compile_in(
+                &resolved,
+                &dialect::WithoutGroupingSets(dialect::of(Engine::Postgres)),
+            );
+            assert!(!plan.sql.contains("GROUPING SETS"), "{}", plan.sql);
+            plan
+        }
+        Form::Qualified | Form::WarehouseSchema => {
+            let plan = plan::compile(&resolved);
+            assert!(plan.sql.contains("GROUPING SETS"), "{}", plan.sql);
+            // Bare names are looked up in the Warehouse's schema only.
+            assert_eq!(
+                plan.sql.contains(&format!("\"{schema}\".")),
+                qualified,
+                "{}",
+                plan.sql
+            );
+            plan
+        }
+    }
 }
 
+/// Every reference case on the server matches `expected.json`: with schema-qualified
+/// tables, with bare ones in the Warehouse's `schema`, and with the buckets grouped
+/// without `GROUPING SETS`.
 #[test]
 fn reference_cases_match_expected_results_on_postgres() {
     let Some(server) = Postgres::start("cases") else {
@@ -91,17 +155,23 @@ fn reference_cases_match_expected_results_on_postgres() {
     let cases = case_dirs();
     assert!(cases.len() >= 11, "found {} cases", cases.len());
     let mut failures = Vec::new();
-    for dir in &cases {
-        let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .unwrap();
-        let plan = case_plan(&server, dir);
-        let status = tally::cli::run_plan(&plan)
-            .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), plan.sql));
-        let actual = serde_json::to_value(&status).unwrap();
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        for problem in compare_to_expected(&expected, &actual) {
-            failures.push(format!("{name}: {problem}"));
+    for form in [
+        Form::Qualified,
+        Form::WarehouseSchema,
+        Form::WithoutGroupingSets,
+    ] {
+        for dir in &cases {
+            let expected: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                    .unwrap();
+            let plan = case_plan_in(&server, dir, form);
+            let status = tally::cli::run_plan(&plan)
+                .unwrap_or_else(|e| panic!("{} ({form:?}): {e}\n{}", dir.display(), plan.sql));
+            let actual = serde_json::to_value(&status).unwrap();
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            for problem in compare_to_expected(&expected, &actual) {
+                failures.push(format!("{name} ({form:?}): {problem}"));
+            }
         }
     }
     assert!(

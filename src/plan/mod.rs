@@ -285,7 +285,12 @@ impl PlanTimes {
 
 /// Compiles a resolved calculation to its plan, in its engine's dialect.
 pub fn compile(resolved: &ResolvedCalculation) -> CalculationPlan {
-    let dialect = resolved.engine.dialect();
+    compile_in(resolved, resolved.engine.dialect())
+}
+
+/// Compiles a resolved calculation to its plan in `dialect`, one its engine also
+/// speaks (e.g. [`dialect::WithoutGroupingSets`] of the engine's own).
+pub fn compile_in(resolved: &ResolvedCalculation, dialect: &dyn Dialect) -> CalculationPlan {
     let (statement, sql_sources) = sql::statement_and_sql_sources(resolved, dialect);
     CalculationPlan {
         calculation: resolved.calculation.clone(),

@@ -516,54 +516,6 @@ fn a_postgres_warehouse_reads_tables_and_sql_not_files() {
     );
 }
 
-/// DuckDB's dialect but for grouping sets, which it spells as a `UNION ALL`.
-struct WithoutGroupingSets;
-
-impl Dialect for WithoutGroupingSets {
-    fn files(&self, glob: &str, timestamp: Option<&str>) -> Option<String> {
-        dialect::DuckDb.files(glob, timestamp)
-    }
-    fn float_type(&self) -> &'static str {
-        dialect::DuckDb.float_type()
-    }
-    fn text(&self, expression: &str) -> String {
-        dialect::DuckDb.text(expression)
-    }
-    fn null_text(&self) -> String {
-        dialect::DuckDb.null_text()
-    }
-    fn instant(&self, t: jiff::Timestamp) -> String {
-        dialect::DuckDb.instant(t)
-    }
-    fn to_instant(&self, expression: &str) -> String {
-        dialect::DuckDb.to_instant(expression)
-    }
-    fn instant_key(&self, instant: &str) -> String {
-        dialect::DuckDb.instant_key(instant)
-    }
-    fn duration(&self, d: jiff::SignedDuration) -> String {
-        dialect::DuckDb.duration(d)
-    }
-    fn add_duration(&self, instant: &str, d: jiff::SignedDuration) -> String {
-        dialect::DuckDb.add_duration(instant, d)
-    }
-    fn aggregate_where(
-        &self,
-        function: &str,
-        distinct: bool,
-        value: &str,
-        condition: &str,
-    ) -> String {
-        dialect::DuckDb.aggregate_where(function, distinct, value, condition)
-    }
-    fn first_by(&self, value: &str, keys: &[String], largest: bool) -> String {
-        dialect::DuckDb.first_by(value, keys, largest)
-    }
-    fn grouping_sets(&self) -> bool {
-        false
-    }
-}
-
 #[test]
 fn buckets_without_grouping_sets_equal_those_with() {
     let dir = std::env::temp_dir().join(format!("tally-union-{}", std::process::id()));
@@ -594,7 +546,7 @@ fn buckets_without_grouping_sets_equal_those_with() {
     calculation.spec.calculation.split_dimensions = vec![parse("{name: platform}")];
     let resolved = resolve(&calculation, &catalog).unwrap();
     let plan = compile(&resolved);
-    let union = sql::statement(&resolved, &WithoutGroupingSets);
+    let union = sql::statement(&resolved, &dialect::WithoutGroupingSets(&dialect::DuckDb));
     assert!(union.contains("UNION ALL") && !union.contains("GROUPING SETS"));
     let run = |sql: &str| {
         crate::engine::duckdb::run(&plan.engine.duckdb, sql, &Default::default()).unwrap()

@@ -104,6 +104,76 @@ pub fn of(engine: Engine) -> &'static dyn Dialect {
     }
 }
 
+/// Another dialect without `GROUPING SETS`, as some warehouses of the PostgreSQL
+/// family lack it: the buckets are then a `UNION ALL` of one `GROUP BY` per set.
+pub struct WithoutGroupingSets(pub &'static dyn Dialect);
+
+impl Dialect for WithoutGroupingSets {
+    fn quote_ident(&self, name: &str) -> String {
+        self.0.quote_ident(name)
+    }
+    fn quote_literal(&self, text: &str) -> String {
+        self.0.quote_literal(text)
+    }
+    fn table(&self, name: &str) -> String {
+        self.0.table(name)
+    }
+    fn files(&self, glob: &str, timestamp: Option<&str>) -> Option<String> {
+        self.0.files(glob, timestamp)
+    }
+    fn files_columns(&self, glob: &str) -> Option<String> {
+        self.0.files_columns(glob)
+    }
+    fn float_type(&self) -> &'static str {
+        self.0.float_type()
+    }
+    fn float(&self, value: f64) -> String {
+        self.0.float(value)
+    }
+    fn to_float(&self, expression: &str) -> String {
+        self.0.to_float(expression)
+    }
+    fn text(&self, expression: &str) -> String {
+        self.0.text(expression)
+    }
+    fn null_text(&self) -> String {
+        self.0.null_text()
+    }
+    fn instant(&self, t: Timestamp) -> String {
+        self.0.instant(t)
+    }
+    fn to_instant(&self, expression: &str) -> String {
+        self.0.to_instant(expression)
+    }
+    fn instant_key(&self, instant: &str) -> String {
+        self.0.instant_key(instant)
+    }
+    fn duration(&self, d: SignedDuration) -> String {
+        self.0.duration(d)
+    }
+    fn add_duration(&self, instant: &str, d: SignedDuration) -> String {
+        self.0.add_duration(instant, d)
+    }
+    fn aggregate_where(
+        &self,
+        function: &str,
+        distinct: bool,
+        value: &str,
+        condition: &str,
+    ) -> String {
+        self.0.aggregate_where(function, distinct, value, condition)
+    }
+    fn first_by(&self, value: &str, keys: &[String], largest: bool) -> String {
+        self.0.first_by(value, keys, largest)
+    }
+    fn recomputed_cte(&self) -> &'static str {
+        self.0.recomputed_cte()
+    }
+    fn grouping_sets(&self) -> bool {
+        false
+    }
+}
+
 /// `value` on rows where `condition` holds, NULL elsewhere, which every aggregate
 /// skips.
 fn case_when(condition: &str, value: &str) -> String {
