@@ -336,16 +336,19 @@ fn bench_prints_both_metrics_at_both_sizes_and_removes_its_data() {
                     .is_some_and(|facts| facts.parse::<u64>().is_ok())
             })
             .collect();
-        assert_eq!(rows.len(), 4, "{text}");
-        for (row, (facts, metric)) in rows.iter().zip([
-            ("100000", "average"),
-            ("100000", "ratio"),
-            ("200000", "average"),
-            ("200000", "ratio"),
+        assert_eq!(rows.len(), 6, "{text}");
+        for (row, (facts, metric, measured)) in rows.iter().zip([
+            ("100000", "average", 4),
+            ("100000", "ratio", 4),
+            ("100000", "per-entity", 2),
+            ("200000", "average", 4),
+            ("200000", "ratio", 4),
+            ("200000", "per-entity", 2),
         ]) {
             assert_eq!((row[0], row[1]), (facts, metric), "{text}");
-            // scan s, metric s, ratio, ns/fact: all measured, so all positive.
-            for field in &row[row.len() - 4..] {
+            // A metric's scan s, metric s, ratio and ns/fact, and the per-entity sum's
+            // time and ratio: all measured, so all positive.
+            for field in &row[row.len() - measured..] {
                 let value: f64 = field.trim_end_matches('x').parse().unwrap();
                 assert!(value > 0.0, "{text}");
             }

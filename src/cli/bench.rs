@@ -5,6 +5,8 @@
 //! the calculation reads (entity, amount, timestamp) and (b) the compiled SQL of an
 //! average metric with CUPED and of a ratio metric. The ratio (b)/(a) is the figure of
 //! merit; it is printed for M/2 and M facts so its growth with data can be seen.
+//! Beside them, the facts summed per entity (a `GROUP BY` of the fact table alone):
+//! the least a calculation must do, so its ratio is the engine's floor.
 //!
 //! With a [`PostgresTarget`], the same data is also loaded into PostgreSQL (schema
 //! `tally_bench`) and timed there the same way, its ratio printed beside DuckDB's.
@@ -327,10 +329,21 @@ fn best_of(
     Ok(best)
 }
 
-/// One engine's times at one size: the bare scan and each metric.
+/// One engine's times at one size: the bare scan, the facts summed per entity (the
+/// least any calculation must do: it joins them to the entities and aggregates them
+/// per entity), and each metric.
 struct Timings {
     scan: f64,
+    per_entity: f64,
     metrics: Vec<(&'static str, f64)>,
+}
+
+/// The facts' amounts summed per entity, and the groups counted: `facts` is the
+/// engine's name of the fact table.
+fn per_entity_sql(facts: &str) -> String {
+    format!(
+        "SELECT count(*) AS groups, sum(total) AS total FROM (SELECT user_id, sum(amount) AS total FROM {facts} GROUP BY user_id) AS per_entity"
+    )
 }
 
 fn time_duckdb(dir: &Path, repeat: u32) -> Result<Timings, BenchError> {
@@ -350,11 +363,24 @@ fn time_duckdb(dir: &Path, repeat: u32) -> Result<Timings, BenchError> {
             quoted(&dir.join("facts.parquet"))
         ),
     )?;
+    let per_entity = best_of(
+        &query,
+        repeat,
+        "the per-entity sum",
+        &per_entity_sql(&format!(
+            "read_parquet({})",
+            quoted(&dir.join("facts.parquet"))
+        )),
+    )?;
     let mut metrics = Vec::new();
     for (label, plan) in plans(dir, None)? {
         metrics.push((label, best_of(&query, repeat, label, &plan.sql)?));
     }
-    Ok(Timings { scan, metrics })
+    Ok(Timings {
+        scan,
+        per_entity,
+        metrics,
+    })
 }
 
 fn time_postgres(
@@ -385,11 +411,21 @@ fn time_postgres(
             "SELECT max(user_id) AS a, sum(amount) AS b, CAST(max(ts) AS TEXT) AS c FROM {PG_SCHEMA}.facts"
         ),
     )?;
+    let per_entity = best_of(
+        &query,
+        repeat,
+        "the per-entity sum on PostgreSQL",
+        &per_entity_sql(&format!("{PG_SCHEMA}.facts")),
+    )?;
     let mut metrics = Vec::new();
     for (label, plan) in &plans {
         metrics.push((*label, best_of(&query, repeat, label, &plan.sql)?));
     }
-    Ok(Timings { scan, metrics })
+    Ok(Timings {
+        scan,
+        per_entity,
+        metrics,
+    })
 }
 
 pub fn run(
@@ -454,6 +490,26 @@ pub fn run(
             }
             report.push('\n');
         }
+        let _ = write!(
+            report,
+            "{size:>12}  {:<16} {:>10} {:>10.3} {:>7.2}x",
+            "per-entity sum",
+            "",
+            duckdb.per_entity,
+            duckdb.per_entity / duckdb.scan
+        );
+        if let Some(pg) = &on_postgres {
+            let _ = write!(
+                report,
+                "{:>13}  {:>10} {:>10.3} {:>7.2}x {:>9.2}x",
+                "",
+                "",
+                pg.per_entity,
+                pg.per_entity / pg.scan,
+                (pg.per_entity / pg.scan) / (duckdb.per_entity / duckdb.scan)
+            );
+        }
+        report.push('\n');
         std::fs::remove_dir_all(&sub).ok();
     }
     Ok(report)
