@@ -516,6 +516,26 @@ fn a_postgres_warehouse_reads_tables_and_sql_not_files() {
     );
 }
 
+/// The wrapper changes its dialect's buckets and nothing else: each method it does
+/// not override is its dialect's own, defaults included.
+#[test]
+fn without_grouping_sets_changes_only_the_buckets() {
+    let mut calculation = calculation();
+    calculation.spec.calculation.split_dimensions = vec![parse("{name: platform}")];
+    let resolved = resolve(&calculation, &catalog(EXPOSURES, PURCHASES, REVENUE)).unwrap();
+    let outside_buckets = |statement: &str| {
+        let start = statement.find("buckets AS (").unwrap();
+        let end = statement.find("multiple_variants AS (").unwrap();
+        format!("{}{}", &statement[..start], &statement[end..])
+    };
+    for inner in [&dialect::DuckDb as &'static dyn Dialect, &dialect::Postgres] {
+        let with = sql::statement(&resolved, inner);
+        let without = sql::statement(&resolved, &dialect::WithoutGroupingSets(inner));
+        assert!(with.contains("GROUPING SETS") && !without.contains("GROUPING SETS"));
+        assert_eq!(outside_buckets(&with), outside_buckets(&without));
+    }
+}
+
 #[test]
 fn buckets_without_grouping_sets_equal_those_with() {
     let dir = std::env::temp_dir().join(format!("tally-union-{}", std::process::id()));
